@@ -1,0 +1,89 @@
+/**
+ * Reads whole protocol messages from a byte stream that delivers them in
+ * arbitrary pieces: one byte at a time, or greeting, credentials and request
+ * in a single segment (optimistic clients). Bytes that follow the last
+ * decoded message are kept and handed over with {@linkcode BufferedReader.takeRest}.
+ *
+ * @module
+ */
+
+import type { Decoded } from "../protocol/codec.ts";
+
+/** The reading half of a connection. */
+export interface ByteSource {
+  /** Reads into `p`, resolving to the byte count or `null` at EOF. */
+  read(p: Uint8Array): Promise<number | null>;
+}
+
+/** Raised when the peer closes in the middle of a message. */
+export class UnexpectedEofError extends Error {
+  /** Creates the error; `what` names the message that was cut short. */
+  constructor(what: string, got: number) {
+    super(`${what}: connection closed after ${got} bytes of the message`);
+    this.name = "UnexpectedEofError";
+  }
+}
+
+/** A small growable buffer in front of a {@linkcode ByteSource}. */
+export class BufferedReader {
+  #src: ByteSource;
+  #buf: Uint8Array;
+  #start = 0;
+  #end = 0;
+
+  /** Wraps `src`; `size` is the initial buffer size. */
+  constructor(src: ByteSource, size = 512) {
+    this.#src = src;
+    this.#buf = new Uint8Array(size);
+  }
+
+  /**
+   * Decodes one message with `decode`, reading more bytes until it has one.
+   * Throws {@linkcode UnexpectedEofError} at EOF mid-message, and whatever
+   * `decode` throws for malformed bytes.
+   */
+  async decode<T>(
+    decode: (buf: Uint8Array) => Decoded<T> | null,
+    what: string,
+  ): Promise<T> {
+    while (true) {
+      const view = this.#buf.subarray(this.#start, this.#end);
+      const d = view.length > 0 ? decode(view) : null;
+      if (d) {
+        this.#start += d.length;
+        if (this.#start === this.#end) this.#start = this.#end = 0;
+        return d.value;
+      }
+      if (!(await this.#fill())) throw new UnexpectedEofError(what, view.length);
+    }
+  }
+
+  async #fill(): Promise<boolean> {
+    if (this.#end === this.#buf.length) {
+      const pending = this.#end - this.#start;
+      // SOCKS messages are under 600 bytes; grow only for a longer backlog.
+      const next = pending * 2 > this.#buf.length
+        ? new Uint8Array(this.#buf.length * 2)
+        : this.#buf;
+      if (next === this.#buf) next.copyWithin(0, this.#start, this.#end);
+      else next.set(this.#buf.subarray(this.#start, this.#end), 0);
+      this.#buf = next;
+      this.#start = 0;
+      this.#end = pending;
+    }
+    const n = await this.#src.read(this.#buf.subarray(this.#end));
+    if (n === null) return false;
+    this.#end += n;
+    return true;
+  }
+
+  /**
+   * Returns the bytes read past the last decoded message (data an
+   * optimistic client sent ahead of the reply), and empties the buffer.
+   */
+  takeRest(): Uint8Array {
+    const rest = this.#buf.slice(this.#start, this.#end);
+    this.#start = this.#end = 0;
+    return rest;
+  }
+}
