@@ -1,0 +1,804 @@
+/**
+ * The YAML configuration file: schema, defaults, and a validator that walks
+ * the YAML syntax tree so that every error names the file, the key path, the
+ * line and column, what was expected and what was found:
+ *
+ * ```text
+ * dualsocks.yaml:4:5: listen[1]: expected HOST:PORT with an IP literal host (IPv6 in brackets), found "::1:1080"
+ * ```
+ *
+ * Every key is optional. A key written with no value (`outbound:` or `~`)
+ * means "use the default". Unknown keys and duplicate keys are errors at
+ * every level.
+ *
+ * @module
+ */
+
+import {
+  type Document,
+  isAlias,
+  isMap,
+  isScalar,
+  isSeq,
+  LineCounter,
+  parseDocument,
+  type Scalar,
+  stringify,
+  type YAMLSeq,
+} from "yaml";
+import {
+  joinHostPort,
+  normalizeIp,
+  parseIPv6,
+  splitHostPort,
+  unbracket,
+} from "../protocol/address.ts";
+import {
+  compileRules,
+  RULE_LIST_FIELDS,
+  type RuleConfig,
+  type RuleListField,
+} from "../policy/rules.ts";
+
+import type { FamilyPolicy } from "../server/resolver.ts";
+export type { FamilyPolicy };
+
+/**
+ * A host and port; the host is a normalized IP literal without brackets.
+ *
+ * @example
+ * ```ts
+ * import type { HostPort } from "./config.ts";
+ * const hp: HostPort = { host: "::1", port: 1080 };
+ * ```
+ */
+export interface HostPort {
+  /** Normalized IP literal, no brackets. */
+  host: string;
+  /** Port number 0-65535. */
+  port: number;
+}
+
+/**
+ * The effective configuration. All durations are in milliseconds.
+ *
+ * @example
+ * ```ts
+ * import { type Config, DEFAULT_CONFIG } from "./config.ts";
+ * const config: Config = structuredClone(DEFAULT_CONFIG);
+ * config.limits.maxSessions = 16;
+ * ```
+ */
+export interface Config {
+  /** Addresses to listen on. */
+  listen: HostPort[];
+  /** RFC 1929 accounts; when non-empty, authentication is required. */
+  users: { username: string; password: string }[];
+  /** Name resolution. */
+  resolver: {
+    family: FamilyPolicy;
+    /** Empty means the system resolver. */
+    nameservers: HostPort[];
+    /** Milliseconds. */
+    happyEyeballsDelay: number;
+  };
+  /** Optional source address per destination family. */
+  outbound: { ipv4?: string; ipv6?: string };
+  /** Milliseconds; `idle` 0 means never. */
+  timeouts: { handshake: number; connect: number; idle: number };
+  /** Resource limits. */
+  limits: { maxSessions: number };
+  /** Access rules, see `src/policy/rules.ts`. */
+  rules: RuleConfig[];
+  /** Milliseconds to let sessions finish on shutdown. */
+  shutdown: { grace: number };
+  /** Logging. */
+  log: {
+    format: "text" | "json";
+    level: "debug" | "info" | "warning" | "error";
+  };
+}
+
+function deepFreeze<T>(value: T): T {
+  if (typeof value === "object" && value !== null) {
+    for (const v of Object.values(value)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value;
+}
+
+/**
+ * The configuration used when the file sets nothing (deeply frozen; use
+ * `structuredClone` to get a mutable copy).
+ *
+ * @example
+ * ```ts
+ * import { DEFAULT_CONFIG } from "./config.ts";
+ * DEFAULT_CONFIG.listen; // [{ host: "::1", port: 1080 }, { host: "127.0.0.1", port: 1080 }]
+ * ```
+ */
+export const DEFAULT_CONFIG: Config = deepFreeze<Config>({
+  listen: [{ host: "::1", port: 1080 }, { host: "127.0.0.1", port: 1080 }],
+  users: [],
+  resolver: { family: "auto", nameservers: [], happyEyeballsDelay: 250 },
+  outbound: {},
+  timeouts: { handshake: 10_000, connect: 10_000, idle: 300_000 },
+  limits: { maxSessions: 1024 },
+  rules: [],
+  shutdown: { grace: 10_000 },
+  log: { format: "text", level: "info" },
+});
+
+/**
+ * A configuration error with its location. The message reads
+ * `FILE:LINE:COLUMN: PATH: expected EXPECTED, found FOUND` (or a more
+ * specific sentence such as `unknown key; expected one of ...`).
+ *
+ * @example
+ * ```ts
+ * import { ConfigError, parseConfig } from "./config.ts";
+ * try {
+ *   parseConfig("limits:\n  max_sessions: many\n", { file: "dualsocks.yaml" });
+ * } catch (e) {
+ *   if (e instanceof ConfigError) console.error(e.message, e.path, e.line);
+ * }
+ * ```
+ */
+export class ConfigError extends Error {
+  /** The configuration file name as given. */
+  file: string;
+  /** Key path such as `listen[1]` or `timeouts.idle`; empty for the whole file. */
+  path: string;
+  /** 1-based line, when known. */
+  line?: number;
+  /** 1-based column, when known. */
+  column?: number;
+  /** What was expected. */
+  expected: string;
+  /** What was found. */
+  found: string;
+
+  /**
+   * Builds the error. `detail` replaces the default `expected X, found Y`
+   * after the location; `message` replaces the whole message.
+   */
+  constructor(init: {
+    file: string;
+    path: string;
+    line?: number;
+    column?: number;
+    expected: string;
+    found: string;
+    detail?: string;
+    message?: string;
+  }) {
+    const where = init.line === undefined ? init.file : `${init.file}:${init.line}:${init.column}`;
+    const detail = init.detail ??
+      `expected ${init.expected}, found ${init.found}`;
+    super(
+      init.message ?? `${where}: ${init.path ? `${init.path}: ` : ""}${detail}`,
+    );
+    this.name = "ConfigError";
+    this.file = init.file;
+    this.path = init.path;
+    if (init.line !== undefined) this.line = init.line;
+    if (init.column !== undefined) this.column = init.column;
+    this.expected = init.expected;
+    this.found = init.found;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Scalars shared with the CLI.
+
+const HOST_PORT_EXPECTED = "HOST:PORT with an IP literal host (IPv6 in brackets)";
+const NAMESERVER_EXPECTED =
+  "an IP literal with an optional :PORT (IPv6 in brackets when a port is given)";
+
+function tryHostPort(text: string, defaultPort?: number): HostPort | null {
+  const t = text.trim();
+  if (defaultPort !== undefined) {
+    const bare = normalizeIp(t);
+    if (bare) return { host: bare.host, port: defaultPort };
+  }
+  const hp = splitHostPort(t);
+  const ip = hp && normalizeIp(hp.host);
+  return ip ? { host: ip.host, port: hp.port } : null;
+}
+
+/**
+ * Parses `HOST:PORT` where HOST is an IP literal (IPv6 in brackets) and PORT
+ * is 0-65535. With `defaultPort`, a bare IP literal (IPv6 with or without
+ * brackets) is accepted too. The host is normalized (`[::ffff:127.0.0.1]`
+ * becomes `127.0.0.1`). Throws a `TypeError` `expected HOST:PORT ..., found
+ * "..."` otherwise; suitable for the `--listen` CLI flag.
+ *
+ * @example
+ * ```ts
+ * import { parseHostPort } from "./config.ts";
+ * parseHostPort("[::1]:1080"); // { host: "::1", port: 1080 }
+ * parseHostPort("192.0.2.53", { defaultPort: 53 }); // { host: "192.0.2.53", port: 53 }
+ * ```
+ */
+export function parseHostPort(
+  text: string,
+  options: { defaultPort?: number } = {},
+): HostPort {
+  const hp = typeof text === "string" ? tryHostPort(text, options.defaultPort) : null;
+  if (hp) return hp;
+  const expected = options.defaultPort === undefined ? HOST_PORT_EXPECTED : NAMESERVER_EXPECTED;
+  throw new TypeError(`expected ${expected}, found ${JSON.stringify(text)}`);
+}
+
+/** Largest duration accepted: setTimeout's limit (about 24.8 days). */
+const MAX_DURATION_MS = 2 ** 31 - 1;
+const DURATION_PART = /(\d+(?:\.\d+)?)(ms|h|m|s)/y;
+const UNIT_MS: Record<string, number> = {
+  ms: 1,
+  s: 1000,
+  m: 60_000,
+  h: 3_600_000,
+};
+
+/**
+ * Converts a duration to whole milliseconds: a non-negative number of
+ * seconds (`1.5`), a numeric string of seconds (`"10"`), or a string with
+ * units `ms`, `s`, `m`, `h`, possibly combined (`"250ms"`, `"1m30s"`).
+ * Returns `null` for anything else, including values above 2^31-1 ms (which
+ * timers cannot represent).
+ *
+ * @example
+ * ```ts
+ * import { parseDuration } from "./config.ts";
+ * parseDuration("250ms"); // 250
+ * parseDuration(1.5); // 1500
+ * parseDuration("soon"); // null
+ * ```
+ */
+export function parseDuration(value: unknown): number | null {
+  let ms: number;
+  if (typeof value === "number") {
+    ms = value * 1000;
+  } else if (typeof value === "string") {
+    const text = value.trim();
+    if (/^\d+(?:\.\d+)?$/.test(text)) {
+      ms = Number(text) * 1000;
+    } else {
+      ms = 0;
+      let end = 0;
+      DURATION_PART.lastIndex = 0;
+      for (let m; (m = DURATION_PART.exec(text)) !== null;) {
+        ms += Number(m[1]) * UNIT_MS[m[2]];
+        end = DURATION_PART.lastIndex;
+      }
+      if (end === 0 || end !== text.length) return null;
+    }
+  } else {
+    return null;
+  }
+  if (!Number.isFinite(ms) || ms < 0) return null;
+  ms = Math.round(ms);
+  return ms <= MAX_DURATION_MS ? ms : null;
+}
+
+function formatDuration(ms: number): string {
+  for (
+    const [unit, size] of [["h", 3_600_000], ["m", 60_000], [
+      "s",
+      1000,
+    ]] as const
+  ) {
+    if (ms !== 0 && ms % size === 0) return `${ms / size}${unit}`;
+  }
+  return `${ms}ms`;
+}
+
+// ---------------------------------------------------------------------------
+// The validator: a table of checks walking the YAML AST.
+
+/** A yaml node (Scalar, YAMLMap, YAMLSeq, Alias), or null for no value. */
+type Node = unknown;
+
+interface Walk {
+  file: string;
+  doc: Document;
+  lines: LineCounter;
+  /** Users named in rules, checked against `users` once both are known. */
+  ruleUsers: { name: string; node: Node; path: string }[];
+}
+
+/**
+ * A check turns a node into a value, or throws a ConfigError. `expected`
+ * describes a valid value, for "missing key" errors.
+ */
+type Check = ((w: Walk, node: Node, path: string, def: unknown) => unknown) & {
+  expected?: string;
+};
+
+function errorAt(
+  w: Walk,
+  node: Node,
+  path: string,
+  expected: string,
+  found: string,
+  detail?: string,
+): ConfigError {
+  const offset = (node as { range?: number[] } | null)?.range?.[0];
+  const pos = typeof offset === "number" ? w.lines.linePos(offset) : undefined;
+  return new ConfigError({
+    file: w.file,
+    path,
+    line: pos?.line,
+    column: pos?.col,
+    expected,
+    found,
+    detail,
+  });
+}
+
+function describeNode(node: Node): string {
+  if (isMap(node)) return node.items.length ? "a mapping" : "an empty mapping";
+  if (isSeq(node)) return node.items.length ? "a list" : "an empty list";
+  if (!isScalar(node)) return "nothing";
+  const v = node.value;
+  if (typeof v === "string") {
+    return JSON.stringify(v.length > 80 ? `${v.slice(0, 77)}...` : v);
+  }
+  return v === null ? "null" : String(v);
+}
+
+function fail(w: Walk, node: Node, path: string, expected: string): never {
+  throw errorAt(w, node, path, expected, describeNode(node));
+}
+
+/** A scalar check built from a converter that returns `null` when invalid. */
+function scalar(
+  expected: string,
+  convert: (v: unknown) => unknown,
+  found = describeNode,
+): Check {
+  const check: Check = (w, node, path) => {
+    const v = isScalar(node) ? convert(node.value) : null;
+    if (v === null || v === undefined) {
+      throw errorAt(w, node, path, expected, found(node));
+    }
+    return v;
+  };
+  return Object.assign(check, { expected });
+}
+
+const oneOf = (...values: string[]): Check =>
+  scalar(
+    values.length === 2 ? `${values[0]} or ${values[1]}` : `one of ${values.join(", ")}`,
+    (v) => values.includes(v as string) ? v : null,
+  );
+
+const bytes = (s: string) => new TextEncoder().encode(s).length;
+const text255 = (what: string, secret = false): Check =>
+  scalar(
+    `${what} of 1-255 UTF-8 bytes`,
+    (v) => typeof v === "string" && bytes(v) >= 1 && bytes(v) <= 255 ? v : null,
+    // Never echo a password back into logs.
+    secret
+      ? (n) =>
+        isScalar(n) && typeof n.value === "string"
+          ? `a string of ${bytes(n.value)} bytes`
+          : isScalar(n)
+          ? `a ${n.value === null ? "null" : typeof n.value} value`
+          : describeNode(n)
+      : describeNode,
+  );
+
+const DURATION_EXPECTED =
+  "a duration such as 250ms, 10s, 5m, 1h or a number of seconds, at most 596h";
+const duration = (positive: boolean): Check =>
+  scalar(
+    positive ? `a positive ${DURATION_EXPECTED.slice(2)}` : DURATION_EXPECTED,
+    (v) => {
+      const ms = parseDuration(v);
+      return ms === null || (positive && ms === 0) ? null : ms;
+    },
+  );
+
+const positiveInt = scalar(
+  "a positive integer",
+  (v) => Number.isSafeInteger(v) && (v as number) > 0 ? v : null,
+);
+
+const hostPort = (defaultPort?: number): Check =>
+  scalar(
+    defaultPort === undefined ? HOST_PORT_EXPECTED : NAMESERVER_EXPECTED,
+    (v) => typeof v === "string" ? tryHostPort(v, defaultPort) : null,
+  );
+
+const ipLiteral = (family: 4 | 6): Check =>
+  scalar(
+    family === 4 ? "an IPv4 literal such as 192.0.2.10" : "an IPv6 literal such as 2001:db8::10",
+    (v) => {
+      if (typeof v !== "string") return null;
+      const t = v.trim();
+      const ip = normalizeIp(t);
+      // An IPv4-mapped IPv6 address is not a usable IPv6 source address.
+      if (family === 6 && !parseIPv6(unbracket(t))) return null;
+      return ip && ip.family === family ? ip.host : null;
+    },
+  );
+
+function resolve(w: Walk, node: Node, path: string): Node {
+  if (!isAlias(node)) return node;
+  const target = node.resolve(w.doc);
+  if (target) return target;
+  throw errorAt(
+    w,
+    node,
+    path,
+    "an alias to an anchor defined earlier",
+    `*${node.source}`,
+    `unknown alias *${node.source}; expected an anchor (&${node.source}) defined earlier`,
+  );
+}
+
+function isEmpty(node: Node): boolean {
+  return node === null || node === undefined ||
+    (isScalar(node) && node.value === null);
+}
+
+/** A list whose items all pass `item`. */
+function list(
+  item: Check,
+  what: string,
+  options: { nonEmpty?: boolean; unique?: (v: unknown) => string | null } = {},
+): Check {
+  const expected = `a${options.nonEmpty ? " non-empty" : ""} list of ${what}`;
+  return (w, node, path) => {
+    if (!isSeq(node) || (options.nonEmpty && node.items.length === 0)) {
+      fail(w, node, path, expected);
+    }
+    const seen = new Map<string, number>();
+    return node.items.map((n, i) => {
+      const p = `${path}[${i}]`;
+      const itemNode = resolve(w, n, p);
+      const value = item(w, itemNode, p, undefined);
+      const key = options.unique?.(value);
+      if (key) {
+        if (seen.has(key)) {
+          throw errorAt(
+            w,
+            n,
+            p,
+            "no duplicates",
+            JSON.stringify(key),
+            `duplicate ${JSON.stringify(key)}; already given as ${path}[${seen.get(key)}]`,
+          );
+        }
+        seen.set(key, i);
+      }
+      return value;
+    });
+  };
+}
+
+type Field = [camel: string, check: Check, required?: "required"];
+
+/** A mapping with a fixed set of keys; absent or empty keys take defaults. */
+function mapping(fields: Record<string, Field>): Check {
+  const names = Object.keys(fields);
+  const expected = `a mapping with keys ${names.join(", ")}`;
+  return (w, node, path, def) => {
+    if (!isMap(node)) fail(w, node, path, expected);
+    const defaults = (def ?? {}) as Record<string, unknown>;
+    const values = new Map<string, unknown>();
+    const seen = new Map<string, Scalar>();
+    for (const pair of node.items) {
+      const key = pair.key;
+      if (!isScalar(key) || typeof key.value !== "string") {
+        fail(w, key ?? node, path, `a key name (one of ${names.join(", ")})`);
+      }
+      const name = key.value as string;
+      const p = path ? `${path}.${name}` : name;
+      if (seen.has(name)) {
+        const first = w.lines.linePos(seen.get(name)!.range![0]);
+        throw errorAt(
+          w,
+          key,
+          p,
+          "each key once",
+          JSON.stringify(name),
+          `duplicate key; first given at line ${first.line}, column ${first.col}`,
+        );
+      }
+      seen.set(name, key);
+      if (!Object.hasOwn(fields, name)) {
+        throw errorAt(
+          w,
+          key,
+          p,
+          `one of ${names.join(", ")}`,
+          JSON.stringify(name),
+          `unknown key; expected one of ${names.join(", ")}`,
+        );
+      }
+      const [camel, check] = fields[name];
+      const value = resolve(w, pair.value, p);
+      if (!isEmpty(value)) {
+        values.set(camel, check(w, value, p, defaults[camel]));
+      }
+    }
+    const out: Record<string, unknown> = {};
+    for (const [name, [camel, check, required]] of Object.entries(fields)) {
+      if (values.has(camel)) out[camel] = values.get(camel);
+      else if (required) {
+        const p = path ? `${path}.${name}` : name;
+        const want = check.expected ?? "a value";
+        throw errorAt(
+          w,
+          seen.get(name) ?? node,
+          p,
+          want,
+          "nothing",
+          `required key is missing or empty; expected ${want}`,
+        );
+      } else if (defaults[camel] !== undefined) {
+        out[camel] = structuredClone(defaults[camel]);
+      }
+    }
+    return out;
+  };
+}
+
+const ruleList = (field: RuleListField): Check => {
+  const { expected, valid } = RULE_LIST_FIELDS[field];
+  const item = scalar(expected, (v) => valid(v) ? v : null);
+  const check = list(item, `items, each ${expected}`, { nonEmpty: true });
+  if (field !== "users") return check;
+  return (w, node, path, def) => {
+    const names = check(w, node, path, def) as string[];
+    names.forEach((name, i) =>
+      w.ruleUsers.push({
+        name,
+        node: (node as YAMLSeq).items[i],
+        path: `${path}[${i}]`,
+      })
+    );
+    return names;
+  };
+};
+
+const RULE: Check = mapping({
+  action: ["action", oneOf("allow", "deny"), "required"],
+  from: ["from", ruleList("from")],
+  to: ["to", ruleList("to")],
+  ports: ["ports", ruleList("ports")],
+  commands: ["commands", ruleList("commands")],
+  users: ["users", ruleList("users")],
+});
+
+const hostPortKey = (v: unknown) => {
+  const hp = v as HostPort;
+  return hp.port === 0 ? null : joinHostPort(hp.host, hp.port);
+};
+
+const CONFIG: Check = mapping({
+  listen: [
+    "listen",
+    list(hostPort(), HOST_PORT_EXPECTED, {
+      nonEmpty: true,
+      unique: hostPortKey,
+    }),
+  ],
+  users: [
+    "users",
+    list(
+      mapping({
+        username: ["username", text255("a user name"), "required"],
+        password: ["password", text255("a password", true), "required"],
+      }),
+      "users (username and password)",
+      { unique: (v) => (v as { username: string }).username },
+    ),
+  ],
+  resolver: [
+    "resolver",
+    mapping({
+      family: [
+        "family",
+        oneOf("auto", "prefer-ipv6", "prefer-ipv4", "ipv6-only", "ipv4-only"),
+      ],
+      nameservers: [
+        "nameservers",
+        list(hostPort(53), "IP literals with optional :PORT", {
+          unique: hostPortKey,
+        }),
+      ],
+      happy_eyeballs_delay: ["happyEyeballsDelay", duration(false)],
+    }),
+  ],
+  outbound: [
+    "outbound",
+    mapping({
+      ipv4: ["ipv4", ipLiteral(4)],
+      ipv6: ["ipv6", ipLiteral(6)],
+    }),
+  ],
+  timeouts: [
+    "timeouts",
+    mapping({
+      handshake: ["handshake", duration(true)],
+      connect: ["connect", duration(true)],
+      idle: ["idle", duration(false)],
+    }),
+  ],
+  limits: ["limits", mapping({ max_sessions: ["maxSessions", positiveInt] })],
+  rules: ["rules", list(RULE, "rules (mappings with an action)")],
+  shutdown: ["shutdown", mapping({ grace: ["grace", duration(false)] })],
+  log: [
+    "log",
+    mapping({
+      format: ["format", oneOf("text", "json")],
+      level: ["level", oneOf("debug", "info", "warning", "error")],
+    }),
+  ],
+});
+
+/**
+ * Parses and validates configuration text. `options.file` is only used in
+ * error messages. An empty document yields the defaults.
+ * Throws {@linkcode ConfigError} for YAML syntax errors, duplicate or unknown
+ * keys, and invalid values.
+ *
+ * @example
+ * ```ts
+ * import { parseConfig } from "./config.ts";
+ * const config = parseConfig(
+ *   'listen: ["[::]:1080"]\ntimeouts:\n  idle: 0\n',
+ *   { file: "dualsocks.yaml" },
+ * );
+ * config.listen; // [{ host: "::", port: 1080 }]
+ * config.timeouts.idle; // 0
+ * ```
+ */
+export function parseConfig(text: string, options: { file: string }): Config {
+  const lines = new LineCounter();
+  // The yaml package reads process.env.LOG_TOKENS / LOG_STREAM (debug
+  // switches) while parsing, which under Deno needs --allow-env or prompts.
+  // Hide the environment for this synchronous call so that reading a
+  // config file never requires env permission.
+  const env = process.env;
+  let doc: Document;
+  try {
+    process.env = {};
+    doc = parseDocument(text, {
+      lineCounter: lines,
+      prettyErrors: false,
+      uniqueKeys: false, // reported by the walk, with the key path
+    });
+  } finally {
+    process.env = env;
+  }
+  const w: Walk = { file: options.file, doc, lines, ruleUsers: [] };
+  const syntax = doc.errors[0];
+  if (syntax) {
+    const pos = lines.linePos(syntax.pos[0]);
+    throw new ConfigError({
+      file: options.file,
+      path: "",
+      line: pos.line,
+      column: pos.col,
+      expected: "valid YAML",
+      found: syntax.message,
+      detail: `invalid YAML: ${syntax.message}${
+        syntax.code === "BAD_ALIAS" ? ' (write "*" in quotes)' : ""
+      }`,
+    });
+  }
+  const top = resolve(w, doc.contents, "");
+  if (isEmpty(top)) return structuredClone(DEFAULT_CONFIG);
+  if (!isMap(top)) {
+    throw errorAt(
+      w,
+      top,
+      "",
+      "a mapping of settings at the top level",
+      describeNode(top),
+    );
+  }
+  const config = CONFIG(w, top, "", DEFAULT_CONFIG) as Config;
+  const known = new Set(config.users.map((u) => u.username));
+  for (const u of w.ruleUsers) {
+    if (!known.has(u.name)) {
+      const expected = known.size
+        ? `one of the configured users (${[...known].join(", ")})`
+        : "a configured user, but no users are configured";
+      throw errorAt(
+        w,
+        u.node,
+        u.path,
+        expected,
+        JSON.stringify(u.name),
+        `unknown user ${JSON.stringify(u.name)}; expected ${expected}`,
+      );
+    }
+  }
+  try {
+    compileRules(config.rules); // safety net: every check above should cover it
+  } catch (e) {
+    throw errorAt(w, top, "rules", "valid rules", String(e), String(e));
+  }
+  return config;
+}
+
+/**
+ * Reads and parses a configuration file. Throws {@linkcode ConfigError}:
+ * `cannot read config file X: not found`, a message telling to run with
+ * `--allow-read=X` when permission is missing, or any parse error.
+ *
+ * @example
+ * ```ts ignore
+ * import { loadConfig } from "./config.ts";
+ * const config = await loadConfig("dualsocks.yaml");
+ * ```
+ */
+export async function loadConfig(path: string): Promise<Config> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    let reason = e instanceof Error ? e.message : String(e);
+    if (e instanceof Deno.errors.NotFound) reason = "not found";
+    else if (
+      e instanceof Deno.errors.NotCapable ||
+      e instanceof Deno.errors.PermissionDenied
+    ) {
+      reason = `the process lacks read permission; run with --allow-read=${path}`;
+    }
+    throw new ConfigError({
+      file: path,
+      path: "",
+      expected: "a readable file",
+      found: reason,
+      message: `cannot read config file ${path}: ${reason}`,
+    });
+  }
+  return parseConfig(text, { file: path });
+}
+
+/**
+ * Renders a configuration as YAML with the file's snake_case keys, every
+ * setting explicit, durations with units, and passwords replaced by
+ * `<redacted>`. Parsing the result gives the same configuration back
+ * (except for the passwords).
+ *
+ * @example
+ * ```ts
+ * import { DEFAULT_CONFIG, formatConfig } from "./config.ts";
+ * console.log(formatConfig(DEFAULT_CONFIG));
+ * ```
+ */
+export function formatConfig(config: Config): string {
+  const hp = (list: HostPort[]) => list.map((h) => joinHostPort(h.host, h.port));
+  const doc = {
+    listen: hp(config.listen),
+    users: config.users.map((u) => ({
+      username: u.username,
+      password: "<redacted>",
+    })),
+    resolver: {
+      family: config.resolver.family,
+      nameservers: hp(config.resolver.nameservers),
+      happy_eyeballs_delay: formatDuration(config.resolver.happyEyeballsDelay),
+    },
+    outbound: { ...config.outbound },
+    timeouts: {
+      handshake: formatDuration(config.timeouts.handshake),
+      connect: formatDuration(config.timeouts.connect),
+      idle: formatDuration(config.timeouts.idle),
+    },
+    limits: { max_sessions: config.limits.maxSessions },
+    rules: config.rules.map((r) => ({ ...r })),
+    shutdown: { grace: formatDuration(config.shutdown.grace) },
+    log: { ...config.log },
+  };
+  return `# dualsocks effective configuration (passwords redacted)\n${
+    stringify(doc, { lineWidth: 0 })
+  }`;
+}
