@@ -1,0 +1,33 @@
+/**
+ * Turns a validated {@linkcode Config} into {@linkcode ServeOptions}.
+ *
+ * @module
+ */
+
+import type { Config } from "./config.ts";
+import type { ServeOptions } from "../server/gateway.ts";
+
+/**
+ * The gateway options a configuration file describes. Hooks (resolver,
+ * dialer, authenticator, logger) are left to their defaults; set them on the
+ * returned object to replace a part.
+ *
+ * @example
+ * ```ts ignore
+ * import { loadConfig, optionsFromConfig, serve } from "@dualsocks/dualsocks";
+ * const gateway = serve(optionsFromConfig(await loadConfig("dualsocks.yaml")));
+ * ```
+ */
+export function optionsFromConfig(config: Config): ServeOptions {
+  return {
+    listen: config.listen,
+    users: config.users,
+    nameservers: config.resolver.nameservers,
+    family: config.resolver.family,
+    happyEyeballsDelay: config.resolver.happyEyeballsDelay,
+    outbound: config.outbound,
+    rules: config.rules,
+    timeouts: config.timeouts,
+    maxSessions: config.limits.maxSessions,
+  };
+}

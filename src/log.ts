@@ -1,0 +1,27 @@
+/**
+ * The logger the library writes to. The library never configures logging:
+ * by default it logs through LogTape's `getLogger(["dualsocks", ...])`,
+ * which is silent until the application (our `main.ts`, or yours) calls
+ * LogTape's `configure()`. Embedding code may pass any object of this shape.
+ *
+ * @module
+ */
+
+import { getLogger } from "@logtape/logtape";
+
+/** The logging hook: LogTape's `Logger` fits it, and so do thin adapters. */
+export interface GatewayLogger {
+  /** Detail for debugging. */
+  debug(message: string, properties?: Record<string, unknown>): void;
+  /** Normal operation: start, stop, one line per closed session. */
+  info(message: string, properties?: Record<string, unknown>): void;
+  /** Something an operator should look at. */
+  warn(message: string, properties?: Record<string, unknown>): void;
+  /** A failure. */
+  error(message: string, properties?: Record<string, unknown>): void;
+}
+
+/** The library's default logger, under the LogTape category `["dualsocks", ...sub]`. */
+export function libraryLogger(...sub: string[]): GatewayLogger {
+  return getLogger(["dualsocks", ...sub]);
+}

@@ -1,0 +1,393 @@
+/**
+ * The gateway: listeners on several addresses, an accept loop that survives
+ * per-connection errors, session bookkeeping, timeouts and shutdown.
+ *
+ * @module
+ */
+
+import { joinHostPort, normalizeIp, splitHostPort } from "../protocol/address.ts";
+import { Command, replyText } from "../protocol/constants.ts";
+import { type Authenticator, staticUsers, type User } from "../policy/auth.ts";
+import { compileRules, type RuleConfig } from "../policy/rules.ts";
+import { type GatewayLogger, libraryLogger } from "../log.ts";
+import { defaultDialer, type Dialer } from "./dialer.ts";
+import {
+  type FamilyPolicy,
+  type Nameserver,
+  nameserverResolver,
+  type Resolver,
+  systemResolver,
+} from "./resolver.ts";
+import {
+  type RelayType,
+  type RulesHook,
+  runSession,
+  Session,
+  type SessionContext,
+} from "./session.ts";
+
+/** A host and port to listen on. */
+export interface ListenAddress {
+  /** An IP literal (brackets optional). */
+  host: string;
+  /** A port; 0 picks a free one. */
+  port: number;
+}
+
+/** Timeouts in milliseconds; 0 disables the idle timeout. */
+export interface Timeouts {
+  /** From accept to a complete request. Default 10 s. */
+  handshake?: number;
+  /** Resolution plus all connection attempts. Default 10 s. */
+  connect?: number;
+  /** A relay with no traffic either way is closed after this. Default 5 min. */
+  idle?: number;
+}
+
+/** Options for {@linkcode serve}. Every field is optional. */
+export interface ServeOptions {
+  /** Where to listen. Default `[::1]:1080` and `127.0.0.1:1080`. */
+  listen?: readonly (string | ListenAddress)[];
+  /** Users for RFC 1929 authentication; when given, NO AUTH is refused. */
+  users?: readonly User[];
+  /** Authenticator hook; overrides `users`. */
+  authenticator?: Authenticator;
+  /** Resolver hook. Default: the system resolver, or `nameservers` when given. */
+  resolver?: Resolver;
+  /** DNS servers to query instead of the system resolver. */
+  nameservers?: readonly Nameserver[];
+  /** Outbound family policy. Default `"auto"`. */
+  family?: FamilyPolicy;
+  /** Happy Eyeballs connection attempt delay in ms. Default 250. */
+  happyEyeballsDelay?: number;
+  /** Dialer hook. Default: `Deno.connect` (or `node:net` with a source address). */
+  dialer?: Dialer;
+  /** Source address of outbound connections, per destination family. */
+  outbound?: { ipv4?: string; ipv6?: string };
+  /** Access rules (first match wins) or a rules hook. Default: allow all. */
+  rules?: readonly RuleConfig[] | RulesHook;
+  /** Timeouts. */
+  timeouts?: Timeouts;
+  /** Maximum concurrent sessions; further clients are closed at once. Default 1024. */
+  maxSessions?: number;
+  /** Logger hook. Default: LogTape category `["dualsocks"]`. */
+  logger?: GatewayLogger;
+}
+
+/** A live session, as reported by {@linkcode Gateway.sessions}. */
+export interface SessionInfo {
+  /** Unique within this gateway. */
+  id: number;
+  /** `HOST:PORT` of the client. */
+  client: string;
+  /** The authenticated user, if any. */
+  user?: string;
+  /** `"connect"`, `"bind"` or `"udp"`, once the request is read. */
+  command?: string;
+  /** The requested destination `HOST:PORT`. */
+  destination?: string;
+  /** The address actually connected to. */
+  resolved?: string;
+  /** RFC 3089 type A-D, once connected. */
+  type?: RelayType;
+  /** Where the session is. */
+  phase: string;
+  /** Bytes client -> destination. */
+  bytesUp: number;
+  /** Bytes destination -> client. */
+  bytesDown: number;
+  /** Start time, ms since the epoch. */
+  startedAt: number;
+}
+
+/** Counters since start. */
+export interface GatewayStats {
+  /** Sessions accepted. */
+  sessionsTotal: number;
+  /** Clients closed at once because `maxSessions` was reached. */
+  sessionsRejected: number;
+  /** Relays that reached the relay phase, by RFC 3089 type. */
+  relaysByType: Record<RelayType, number>;
+  /** Failure replies sent, by reply code. */
+  replies: Record<number, number>;
+}
+
+/** A running gateway, returned by {@linkcode serve}. */
+export interface Gateway {
+  /** The bound addresses (real ports when port 0 was asked for). */
+  readonly addrs: Deno.NetAddr[];
+  /** Resolves when the gateway has shut down and every session has ended. */
+  readonly finished: Promise<void>;
+  /** Counters since start. */
+  readonly stats: GatewayStats;
+  /** A snapshot of the live sessions. */
+  sessions(): SessionInfo[];
+  /**
+   * Stops accepting, ends sessions still in their handshake, lets relays run
+   * for up to `grace` ms (default 10 s), then closes what is left.
+   */
+  shutdown(options?: { grace?: number }): Promise<void>;
+}
+
+/** A listen address that could not be bound. */
+export class ListenError extends Error {
+  /** The address, as `HOST:PORT`. */
+  readonly address: string;
+  /** Creates the error. */
+  constructor(address: string, reason: string, options?: ErrorOptions) {
+    super(`cannot listen on ${address}: ${reason}`, options);
+    this.name = "ListenError";
+    this.address = address;
+  }
+}
+
+/** The embedded default: loopback only, both families. */
+export const DEFAULT_LISTEN: readonly string[] = ["[::1]:1080", "127.0.0.1:1080"];
+
+const COMMAND_NAMES: Record<number, string> = {
+  [Command.CONNECT]: "connect",
+  [Command.BIND]: "bind",
+  [Command.UDP_ASSOCIATE]: "udp",
+};
+
+function toListenAddress(entry: string | ListenAddress): ListenAddress {
+  if (typeof entry !== "string") return entry;
+  const hp = splitHostPort(entry);
+  if (!hp) {
+    throw new ListenError(entry, "expected HOST:PORT with an IP literal host, IPv6 in brackets");
+  }
+  return hp;
+}
+
+function bind(entry: string | ListenAddress): Deno.TcpListener {
+  const { host, port } = toListenAddress(entry);
+  const ip = normalizeIp(host);
+  const text = joinHostPort(host, port);
+  if (!ip) throw new ListenError(text, `expected an IP literal host, found "${host}"`);
+  try {
+    return Deno.listen({ hostname: ip.host, port, transport: "tcp" });
+  } catch (error) {
+    const reason = error instanceof Deno.errors.AddrInUse
+      ? "address already in use"
+      : error instanceof Deno.errors.AddrNotAvailable
+      ? "address not available on this host"
+      : (error as Error).message;
+    throw new ListenError(text, reason, { cause: error });
+  }
+}
+
+function formatAddr(a: Deno.NetAddr): string {
+  return joinHostPort(a.hostname, a.port);
+}
+
+/**
+ * Starts a gateway. Binding happens before `serve` returns, so a taken or
+ * invalid address throws a {@linkcode ListenError} and nothing is left open.
+ *
+ * @example
+ * ```ts ignore
+ * import { serve } from "./gateway.ts";
+ * const gw = serve({ listen: ["127.0.0.1:0", "[::1]:0"] });
+ * console.log(gw.addrs);
+ * await gw.shutdown();
+ * ```
+ */
+export function serve(options: ServeOptions = {}): Gateway {
+  const log = options.logger ?? libraryLogger("gateway");
+  const timeouts = {
+    handshake: options.timeouts?.handshake ?? 10_000,
+    connect: options.timeouts?.connect ?? 10_000,
+    idle: options.timeouts?.idle ?? 300_000,
+  };
+  const maxSessions = options.maxSessions ?? 1024;
+  const rules = options.rules === undefined
+    ? undefined
+    : typeof options.rules === "function"
+    ? options.rules
+    : options.rules.length > 0
+    ? compileRules([...options.rules])
+    : undefined;
+  const ctx: SessionContext = {
+    authenticator: options.authenticator ??
+      (options.users?.length ? staticUsers(options.users) : undefined),
+    rules,
+    resolver: options.resolver ??
+      (options.nameservers?.length ? nameserverResolver(options.nameservers) : systemResolver),
+    family: options.family ?? "auto",
+    dialer: options.dialer ?? defaultDialer,
+    happyEyeballsDelay: options.happyEyeballsDelay ?? 250,
+    connectTimeout: timeouts.connect,
+    outbound: options.outbound ?? {},
+  };
+
+  const listeners: Deno.TcpListener[] = [];
+  try {
+    for (const entry of options.listen ?? DEFAULT_LISTEN) listeners.push(bind(entry));
+  } catch (error) {
+    for (const l of listeners) l.close();
+    throw error;
+  }
+  const addrs = listeners.map((l) => l.addr);
+
+  const sessions = new Map<number, Session>();
+  const stats: GatewayStats = {
+    sessionsTotal: 0,
+    sessionsRejected: 0,
+    relaysByType: { A: 0, B: 0, C: 0, D: 0 },
+    replies: {},
+  };
+  let nextId = 1;
+  let stopping = false;
+  let lastRejectLog = 0;
+  let drained: (() => void) | null = null;
+
+  // One timer sweeps every session for handshake and idle timeouts.
+  const tick = Math.max(
+    25,
+    Math.min(1000, timeouts.handshake / 4, (timeouts.idle || Infinity) / 4),
+  );
+  const sweeper = setInterval(() => {
+    const now = performance.now();
+    for (const s of sessions.values()) {
+      if (s.phase === "handshake") {
+        if (now - s.lastActive > timeouts.handshake) s.abort("handshake timeout");
+      } else if (s.phase === "relay" && timeouts.idle > 0) {
+        if (s.active) {
+          s.active = false;
+          s.lastActive = now;
+        } else if (now - s.lastActive > timeouts.idle) s.abort("idle timeout");
+      }
+    }
+  }, tick);
+  Deno.unrefTimer(sweeper);
+
+  const finish = (s: Session) => {
+    sessions.delete(s.id);
+    if (s.type) stats.relaysByType[s.type]++;
+    if (s.reply) stats.replies[s.reply] = (stats.replies[s.reply] ?? 0) + 1;
+    const durationMs = Date.now() - s.startedAt;
+    const props = {
+      id: s.id,
+      client: formatAddr(s.client),
+      user: s.user ?? "-",
+      command: s.command === undefined ? "-" : COMMAND_NAMES[s.command] ?? String(s.command),
+      destination: s.destination ?? "-",
+      resolved: s.resolved ?? "-",
+      type: s.type ?? "-",
+      reply: s.reply === undefined ? "-" : `${s.reply} (${replyText(s.reply)})`,
+      bytesUp: s.bytesUp,
+      bytesDown: s.bytesDown,
+      durationMs,
+      reason: s.closeReason ?? "closed",
+    };
+    log.info(
+      "session {id} {type} {client} user={user} {command} {destination} -> {resolved} reply={reply} up={bytesUp} down={bytesDown} {durationMs}ms: {reason}",
+      props,
+    );
+    if (stopping && sessions.size === 0) drained?.();
+  };
+
+  const handle = (conn: Deno.TcpConn) => {
+    if (stopping || sessions.size >= maxSessions) {
+      stats.sessionsRejected++;
+      conn.close();
+      const now = performance.now();
+      if (!stopping && now - lastRejectLog > 1000) {
+        lastRejectLog = now;
+        log.warn("session limit {maxSessions} reached: closing new clients", { maxSessions });
+      }
+      return;
+    }
+    conn.setNoDelay(true);
+    const s = new Session(nextId++, conn);
+    s.lastActive = performance.now();
+    sessions.set(s.id, s);
+    stats.sessionsTotal++;
+    runSession(conn, s, ctx).finally(() => finish(s));
+  };
+
+  const acceptLoop = async (listener: Deno.TcpListener) => {
+    while (!stopping) {
+      let conn: Deno.TcpConn;
+      try {
+        conn = await listener.accept();
+      } catch (error) {
+        if (stopping || error instanceof Deno.errors.BadResource) return;
+        // A client that reset before accept, or a transient EMFILE: keep serving.
+        log.warn("accept on {addr} failed: {error}", {
+          addr: formatAddr(listener.addr),
+          error: (error as Error).message,
+        });
+        if (/too many open files/i.test((error as Error).message)) {
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        continue;
+      }
+      handle(conn);
+    }
+  };
+  const loops = Promise.all(listeners.map(acceptLoop));
+
+  let finishedResolve!: () => void;
+  const finished = new Promise<void>((r) => (finishedResolve = r));
+  let shutdownPromise: Promise<void> | null = null;
+  const waitDrained = (ms?: number) =>
+    new Promise<void>((resolve) => {
+      if (sessions.size === 0) return resolve();
+      const timer = ms === undefined ? undefined : setTimeout(done, ms);
+      function done() {
+        clearTimeout(timer);
+        drained = null;
+        resolve();
+      }
+      drained = done;
+    });
+
+  const shutdown = (opts: { grace?: number } = {}): Promise<void> => {
+    shutdownPromise ??= (async () => {
+      stopping = true;
+      for (const l of listeners) {
+        try {
+          l.close();
+        } catch { /* already closed */ }
+      }
+      await loops;
+      for (const s of sessions.values()) if (s.phase !== "relay") s.abort("shutdown");
+      const grace = opts.grace ?? 10_000;
+      if (sessions.size > 0) {
+        log.info("waiting up to {grace} ms for {count} relays to finish", {
+          grace,
+          count: sessions.size,
+        });
+      }
+      await waitDrained(grace);
+      for (const s of sessions.values()) s.abort("shutdown");
+      await waitDrained();
+      clearInterval(sweeper);
+      finishedResolve();
+    })();
+    return shutdownPromise;
+  };
+
+  log.info("listening on {addrs}", { addrs: addrs.map(formatAddr).join(" ") });
+  return {
+    addrs,
+    finished,
+    stats,
+    sessions: () =>
+      [...sessions.values()].map((s) => ({
+        id: s.id,
+        client: formatAddr(s.client),
+        user: s.user,
+        command: s.command === undefined ? undefined : COMMAND_NAMES[s.command],
+        destination: s.destination,
+        resolved: s.resolved,
+        type: s.type,
+        phase: s.phase,
+        bytesUp: s.bytesUp,
+        bytesDown: s.bytesDown,
+        startedAt: s.startedAt,
+      })),
+    shutdown,
+  };
+}
