@@ -1,0 +1,205 @@
+/**
+ * The `dualsocks` command line: run the gateway, check a config file.
+ *
+ * ```sh
+ * deno task start                                   # loopback, both families
+ * deno task start --listen 127.0.0.1:1081 --log-format json
+ * deno run --allow-net --allow-read=gw.yaml main.ts --config gw.yaml
+ * deno run --allow-read=gw.yaml main.ts check-config gw.yaml
+ * ```
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import {
+  configure,
+  dispose,
+  getJsonLinesFormatter,
+  getStreamSink,
+  getTextFormatter,
+} from "@logtape/logtape";
+import denoJson from "./deno.json" with { type: "json" };
+import {
+  type Config,
+  ConfigError,
+  DEFAULT_CONFIG,
+  formatConfig,
+  loadConfig,
+  parseHostPort,
+} from "./src/config/config.ts";
+import { optionsFromConfig } from "./src/config/options.ts";
+import { ListenError, serve } from "./src/server/gateway.ts";
+import { libraryLogger } from "./src/log.ts";
+
+const HELP = `dualsocks ${denoJson.version}: a SOCKS5 IPv6/IPv4 gateway (RFC 3089)
+
+Usage:
+  dualsocks [serve] [options]        run the gateway
+  dualsocks check-config FILE        validate FILE and print the effective configuration
+
+Options:
+  -c, --config FILE         YAML configuration file (see README)
+  -l, --listen HOST:PORT    listen address, repeatable; IPv6 in brackets: [::1]:1080
+                            (replaces the file's listen list)
+      --log-format FORMAT   text (default) or json (one JSON object per line)
+      --log-level LEVEL     debug, info (default), warning or error
+  -h, --help                show this help
+  -V, --version             show the version
+
+Without --config and --listen it listens on [::1]:1080 and 127.0.0.1:1080.
+Logs go to standard error. SIGINT or SIGTERM: stop accepting, let relays
+finish for shutdown.grace (default 10 s), then exit 0.
+`;
+
+/** Thrown for a wrong command line; printed with a pointer to --help. */
+class UsageError extends Error {}
+
+function parse(args: string[]) {
+  try {
+    return parseArgs({
+      args,
+      allowPositionals: true,
+      strict: true,
+      options: {
+        config: { type: "string", short: "c" },
+        listen: { type: "string", short: "l", multiple: true },
+        "log-format": { type: "string" },
+        "log-level": { type: "string" },
+        help: { type: "boolean", short: "h" },
+        version: { type: "boolean", short: "V" },
+      },
+    });
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+}
+
+type Parsed = ReturnType<typeof parse>;
+
+/** The file's config (or the default) with the command line's overrides. */
+async function effectiveConfig(values: Parsed["values"], file?: string): Promise<Config> {
+  const base = file ? await loadConfig(file) : structuredClone(DEFAULT_CONFIG) as Config;
+  const config: Config = structuredClone(base);
+  if (values.listen?.length) {
+    config.listen = values.listen.map((text) => {
+      try {
+        return parseHostPort(text);
+      } catch (error) {
+        throw new UsageError(`--listen: ${(error as Error).message}`);
+      }
+    });
+  }
+  const format = values["log-format"];
+  if (format !== undefined) {
+    if (format !== "text" && format !== "json") {
+      throw new UsageError(`--log-format: expected text or json, found "${format}"`);
+    }
+    config.log.format = format;
+  }
+  const level = values["log-level"];
+  if (level !== undefined) {
+    if (!["debug", "info", "warning", "error"].includes(level)) {
+      throw new UsageError(
+        `--log-level: expected debug, info, warning or error, found "${level}"`,
+      );
+    }
+    config.log.level = level as Config["log"]["level"];
+  }
+  return config;
+}
+
+async function setUpLogging(config: Config): Promise<void> {
+  const formatter = config.log.format === "json"
+    ? getJsonLinesFormatter({ message: "template" })
+    : getTextFormatter({
+      timestamp: "date-time-tz",
+      value: (v, inspect) => (typeof v === "string" ? v : inspect(v)),
+    });
+  await configure({
+    sinks: { stderr: getStreamSink(Deno.stderr.writable, { formatter }) },
+    loggers: [
+      { category: ["dualsocks"], lowestLevel: config.log.level, sinks: ["stderr"] },
+      { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["stderr"] },
+    ],
+  });
+}
+
+async function runGateway(config: Config): Promise<number> {
+  await setUpLogging(config);
+  const log = libraryLogger("main");
+  const gateway = serve(optionsFromConfig(config));
+  let signals = 0;
+  const onSignal = (signal: Deno.Signal) => {
+    signals++;
+    if (signals === 1) {
+      log.info("{signal}: shutting down, grace {grace} ms", {
+        signal,
+        grace: config.shutdown.grace,
+      });
+      gateway.shutdown({ grace: config.shutdown.grace });
+    } else {
+      log.warn("{signal} again: closing every relay now", { signal });
+      gateway.shutdown({ grace: 0 });
+    }
+  };
+  const handlers = (["SIGINT", "SIGTERM"] as const).map((sig) => {
+    const handler = () => onSignal(sig);
+    Deno.addSignalListener(sig, handler);
+    return [sig, handler] as const;
+  });
+  await gateway.finished;
+  for (const [sig, handler] of handlers) Deno.removeSignalListener(sig, handler);
+  log.info("stopped");
+  await dispose(); // flush the log sink before the process exits
+  return 0;
+}
+
+/**
+ * Runs the command line with `args` and resolves to the exit code.
+ *
+ * @example
+ * ```ts ignore
+ * import { main } from "./main.ts";
+ * Deno.exit(await main(["check-config", "dualsocks.yaml"]));
+ * ```
+ */
+export async function main(args: string[]): Promise<number> {
+  try {
+    const { values, positionals } = parse(args);
+    if (values.help) {
+      console.log(HELP);
+      return 0;
+    }
+    if (values.version) {
+      console.log(`dualsocks ${denoJson.version}`);
+      return 0;
+    }
+    const [command = "serve", ...rest] = positionals;
+    if (command === "check-config") {
+      const file = rest[0] ?? values.config;
+      if (!file || rest.length > 1) {
+        throw new UsageError("check-config: expected exactly one FILE");
+      }
+      console.log(formatConfig(await effectiveConfig(values, file)));
+      console.error(`${file}: ok`);
+      return 0;
+    }
+    if (command !== "serve" || rest.length > 0) {
+      throw new UsageError(`unknown command "${positionals.join(" ")}"`);
+    }
+    return await runGateway(await effectiveConfig(values, values.config));
+  } catch (error) {
+    if (error instanceof UsageError) {
+      console.error(`dualsocks: ${error.message}\nRun "dualsocks --help" for usage.`);
+      return 2;
+    }
+    if (error instanceof ConfigError || error instanceof ListenError) {
+      console.error(`dualsocks: ${error.message}`);
+      return 1;
+    }
+    throw error;
+  }
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));

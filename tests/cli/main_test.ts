@@ -1,0 +1,225 @@
+/**
+ * The command line, run as a separate process with exactly the permission
+ * flags of the `compile` task (the binary's), its config directory swapped
+ * for a temporary one.
+ */
+import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+import denoJson from "../../deno.json" with { type: "json" };
+import { echoServer, readN, run, socksConnect, withTimeout, writeAll } from "../helpers.ts";
+
+const ROOT = fileURLToPath(new URL("../../", import.meta.url));
+const MAIN = `${ROOT}main.ts`;
+
+/** The `--allow-*` flags of the compile task, with /etc/dualsocks replaced by `dir`. */
+function binaryFlags(dir: string): string[] {
+  const flags = denoJson.tasks.compile.split(/\s+/).filter((f) => f.startsWith("--allow-"));
+  assert.ok(flags.length > 0, "the compile task names its permissions");
+  return flags.map((f) => f.replace("/etc/dualsocks", dir));
+}
+
+async function configDir(yaml: string) {
+  const dir = await Deno.makeTempDir({ prefix: "dualsocks-cli-" });
+  const file = `${dir}/dualsocks.yaml`;
+  await Deno.writeTextFile(file, yaml);
+  return { dir, file, [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }) };
+}
+
+/** A running gateway process with its stderr parsed as JSON log lines. */
+async function startCli(dir: string, args: string[], prefix: string[] = []) {
+  const cmd = prefix.length
+    ? new Deno.Command(prefix[0], {
+      args: [...prefix.slice(1), Deno.execPath(), "run", ...binaryFlags(dir), MAIN, ...args],
+      stderr: "piped",
+      stdout: "null",
+    })
+    : new Deno.Command(Deno.execPath(), {
+      args: ["run", ...binaryFlags(dir), MAIN, ...args],
+      stderr: "piped",
+      stdout: "null",
+    });
+  const child = cmd.spawn();
+  const lines: string[] = [];
+  const waiters: { pred: (l: string) => boolean; resolve: (l: string) => void }[] = [];
+  const pump = (async () => {
+    let rest = "";
+    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) {
+      rest += chunk;
+      let i;
+      while ((i = rest.indexOf("\n")) >= 0) {
+        const line = rest.slice(0, i);
+        rest = rest.slice(i + 1);
+        lines.push(line);
+        for (const w of [...waiters]) {
+          if (w.pred(line)) {
+            waiters.splice(waiters.indexOf(w), 1);
+            w.resolve(line);
+          }
+        }
+      }
+    }
+  })();
+  const waitFor = (pred: (l: string) => boolean) => {
+    const found = lines.find(pred);
+    if (found) return Promise.resolve(found);
+    return new Promise<string>((resolve, reject) => {
+      waiters.push({ pred, resolve });
+      child.status.then(() =>
+        setTimeout(() => reject(new Error(`process ended; stderr:\n${lines.join("\n")}`)), 100)
+      );
+    });
+  };
+  const listening = JSON.parse(await waitFor((l) => l.includes("listening on")));
+  const addrs: string[] = listening.properties.addrs.split(" ");
+  return {
+    child,
+    lines,
+    addrs,
+    waitFor,
+    async status() {
+      const s = await child.status;
+      await pump;
+      return s;
+    },
+  };
+}
+
+function addrOf(text: string) {
+  const m = /^\[?([^\]]+)\]?:(\d+)$/.exec(text)!;
+  return { hostname: m[1], port: Number(m[2]) };
+}
+
+Deno.test("cli: starts from a config file, relays, and drains on SIGTERM", async () => {
+  const dest = echoServer("127.0.0.1");
+  await using cfg = await configDir(
+    `listen: ["[::1]:0", "127.0.0.1:0"]\nshutdown:\n  grace: 30s\nlog:\n  format: json\n`,
+  );
+  const gw = await startCli(cfg.dir, ["--config", cfg.file]);
+  try {
+    assert.equal(gw.addrs.length, 2);
+    const { conn, reply } = await socksConnect(addrOf(gw.addrs[0]), "127.0.0.1", dest.addr.port);
+    assert.equal(reply?.reply, 0);
+    gw.child.kill("SIGTERM");
+    await gw.waitFor((l) => l.includes("shutting down"));
+    // The open relay still works during the grace period.
+    await writeAll(conn, new TextEncoder().encode("draining"));
+    assert.equal(new TextDecoder().decode(await readN(conn, 8)), "draining");
+    conn.close();
+    const status = await gw.status();
+    assert.equal(status.code, 0);
+    assert.ok(gw.lines.some((l) => l.includes('"stopped"')), gw.lines.join("\n"));
+    const closed = gw.lines.map((l) => JSON.parse(l)).find((r) => r.properties.type === "C");
+    assert.equal(closed?.properties.bytesUp, 8, "the session's close line was logged");
+  } finally {
+    await dest.close();
+  }
+});
+
+Deno.test("cli: a bad config file names the file, key, line and column; nothing starts", async () => {
+  await using cfg = await configDir(`listen:\n  - "[::1]:0"\n  - "::1:1080"\n`);
+  const out = await run(Deno.execPath(), [
+    "run",
+    ...binaryFlags(cfg.dir),
+    MAIN,
+    "--config",
+    cfg.file,
+  ]);
+  assert.equal(out.code, 1);
+  assert.ok(out.stderr.includes(`${cfg.file}:3:5: listen[1]:`), out.stderr);
+  assert.match(out.stderr, /expected HOST:PORT/);
+  assert.match(out.stderr, /found "::1:1080"/);
+});
+
+Deno.test("cli: check-config prints the effective configuration with secrets redacted", async () => {
+  await using cfg = await configDir(
+    `users:\n  - username: alice\n    password: hunter2\nresolver:\n  family: prefer-ipv4\n`,
+  );
+  const out = await run(Deno.execPath(), [
+    "run",
+    ...binaryFlags(cfg.dir),
+    MAIN,
+    "check-config",
+    cfg.file,
+    "--listen",
+    "127.0.0.1:1081",
+  ]);
+  assert.equal(out.code, 0, out.stderr);
+  assert.match(out.stdout, /prefer-ipv4/);
+  assert.match(out.stdout, /127\.0\.0\.1:1081/);
+  assert.doesNotMatch(out.stdout, /\[::1\]:1080/, "--listen replaces the default list");
+  assert.doesNotMatch(out.stdout, /hunter2/);
+});
+
+Deno.test("cli: permission, usage and listen errors are clear", async () => {
+  await using cfg = await configDir("{}\n");
+  const outside = await Deno.makeTempFile({ suffix: ".yaml" });
+  try {
+    const denied = await run(Deno.execPath(), [
+      "run",
+      ...binaryFlags(cfg.dir),
+      MAIN,
+      "--config",
+      outside,
+    ]);
+    assert.equal(denied.code, 1);
+    assert.ok(denied.stderr.includes(outside), denied.stderr);
+    assert.match(denied.stderr, /--allow-read/);
+  } finally {
+    await Deno.remove(outside);
+  }
+  const usage = await run(Deno.execPath(), ["run", ...binaryFlags(cfg.dir), MAIN, "--listne", "x"]);
+  assert.equal(usage.code, 2);
+  assert.match(usage.stderr, /--help/);
+  const badListen = await run(Deno.execPath(), [
+    "run",
+    ...binaryFlags(cfg.dir),
+    MAIN,
+    "--listen",
+    "::1:80",
+  ]);
+  assert.equal(badListen.code, 2);
+  assert.match(badListen.stderr, /--listen: expected HOST:PORT/);
+  const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const inUse = await run(Deno.execPath(), [
+    "run",
+    ...binaryFlags(cfg.dir),
+    MAIN,
+    "--listen",
+    `127.0.0.1:${taken.addr.port}`,
+  ]);
+  taken.close();
+  assert.equal(inUse.code, 1);
+  assert.match(inUse.stderr, /cannot listen on 127\.0\.0\.1:\d+: address already in use/);
+  const help = await run(Deno.execPath(), ["run", ...binaryFlags(cfg.dir), MAIN, "--help"]);
+  assert.equal(help.code, 0);
+  assert.match(help.stdout, /check-config FILE/);
+});
+
+Deno.test("cli: the accept loop survives accept errors (out of file descriptors)", async () => {
+  const dest = echoServer("127.0.0.1");
+  await using cfg = await configDir(`log:\n  format: json\ntimeouts:\n  handshake: 60s\n`);
+  // A low descriptor limit makes accept() fail with EMFILE once clients pile up.
+  const gw = await startCli(cfg.dir, ["--config", cfg.file, "--listen", "127.0.0.1:0"], [
+    "prlimit",
+    "--nofile=64",
+  ]);
+  const clients: Deno.TcpConn[] = [];
+  try {
+    const addr = addrOf(gw.addrs[0]);
+    for (let i = 0; i < 80; i++) clients.push(await Deno.connect(addr));
+    await gw.waitFor((l) => l.includes("accept on") && l.includes("failed"));
+    for (const c of clients.splice(0)) c.close();
+    const { conn, reply } = await withTimeout(
+      socksConnect(addr, "127.0.0.1", dest.addr.port),
+      10_000,
+      "a new client after the accept errors",
+    );
+    assert.equal(reply?.reply, 0, "still serving after accept errors");
+    conn.close();
+  } finally {
+    for (const c of clients) c.close();
+    gw.child.kill("SIGTERM");
+    assert.equal((await gw.status()).code, 0);
+    await dest.close();
+  }
+});
