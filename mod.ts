@@ -33,7 +33,6 @@
 export {
   DEFAULT_LISTEN,
   type Gateway,
-  type GatewayStats,
   type ListenAddress,
   ListenError,
   serve,
@@ -58,6 +57,7 @@ export {
   type RelayConn,
 } from "./src/server/dialer.ts";
 export type { RelayType, RulesHook } from "./src/server/session.ts";
+export type { CommandName, GatewayStats, Histogram } from "./src/server/stats.ts";
 export { ConnectTimeoutError, GatewayError, ResolveError } from "./src/server/errors.ts";
 export { type Authenticator, type AuthInfo, staticUsers, type User } from "./src/policy/auth.ts";
 export {

@@ -6,7 +6,7 @@
  */
 
 import { joinHostPort, normalizeIp, splitHostPort } from "../protocol/address.ts";
-import { Command, replyText } from "../protocol/constants.ts";
+import { replyText } from "../protocol/constants.ts";
 import { type Authenticator, staticUsers, type User } from "../policy/auth.ts";
 import { compileRules, type RuleConfig } from "../policy/rules.ts";
 import { type GatewayLogger, libraryLogger } from "../log.ts";
@@ -18,7 +18,9 @@ import {
   type Resolver,
   systemResolver,
 } from "./resolver.ts";
+import { type GatewayStats, newStats } from "./stats.ts";
 import {
+  commandName,
   type RelayType,
   type RulesHook,
   runSession,
@@ -100,18 +102,6 @@ export interface SessionInfo {
   startedAt: number;
 }
 
-/** Counters since start. */
-export interface GatewayStats {
-  /** Sessions accepted. */
-  sessionsTotal: number;
-  /** Clients closed at once because `maxSessions` was reached. */
-  sessionsRejected: number;
-  /** Relays that reached the relay phase, by RFC 3089 type. */
-  relaysByType: Record<RelayType, number>;
-  /** Failure replies sent, by reply code. */
-  replies: Record<number, number>;
-}
-
 /** A running gateway, returned by {@linkcode serve}. */
 export interface Gateway {
   /** The bound addresses (real ports when port 0 was asked for). */
@@ -143,12 +133,6 @@ export class ListenError extends Error {
 
 /** The embedded default: loopback only, both families. */
 export const DEFAULT_LISTEN: readonly string[] = ["[::1]:1080", "127.0.0.1:1080"];
-
-const COMMAND_NAMES: Record<number, string> = {
-  [Command.CONNECT]: "connect",
-  [Command.BIND]: "bind",
-  [Command.UDP_ASSOCIATE]: "udp",
-};
 
 function toListenAddress(entry: string | ListenAddress): ListenAddress {
   if (typeof entry !== "string") return entry;
@@ -207,6 +191,7 @@ export function serve(options: ServeOptions = {}): Gateway {
     : options.rules.length > 0
     ? compileRules([...options.rules])
     : undefined;
+  const stats = newStats();
   const ctx: SessionContext = {
     authenticator: options.authenticator ??
       (options.users?.length ? staticUsers(options.users) : undefined),
@@ -218,6 +203,7 @@ export function serve(options: ServeOptions = {}): Gateway {
     happyEyeballsDelay: options.happyEyeballsDelay ?? 250,
     connectTimeout: timeouts.connect,
     outbound: options.outbound ?? {},
+    stats,
   };
 
   const listeners: Deno.TcpListener[] = [];
@@ -230,12 +216,6 @@ export function serve(options: ServeOptions = {}): Gateway {
   const addrs = listeners.map((l) => l.addr);
 
   const sessions = new Map<number, Session>();
-  const stats: GatewayStats = {
-    sessionsTotal: 0,
-    sessionsRejected: 0,
-    relaysByType: { A: 0, B: 0, C: 0, D: 0 },
-    replies: {},
-  };
   let nextId = 1;
   let stopping = false;
   let lastRejectLog = 0;
@@ -263,14 +243,18 @@ export function serve(options: ServeOptions = {}): Gateway {
 
   const finish = (s: Session) => {
     sessions.delete(s.id);
-    if (s.type) stats.relaysByType[s.type]++;
-    if (s.reply) stats.replies[s.reply] = (stats.replies[s.reply] ?? 0) + 1;
+    if (s.type) {
+      stats.relaysByType[s.type]++;
+      stats.bytesByType[s.type].up += s.bytesUp;
+      stats.bytesByType[s.type].down += s.bytesDown;
+    }
+    if (s.reply !== undefined) stats.replies[s.reply] = (stats.replies[s.reply] ?? 0) + 1;
     const durationMs = Date.now() - s.startedAt;
     const props = {
       id: s.id,
       client: formatAddr(s.client),
       user: s.user ?? "-",
-      command: s.command === undefined ? "-" : COMMAND_NAMES[s.command] ?? String(s.command),
+      command: s.command === undefined ? "-" : commandName(s.command),
       destination: s.destination ?? "-",
       resolved: s.resolved ?? "-",
       type: s.type ?? "-",
@@ -379,7 +363,7 @@ export function serve(options: ServeOptions = {}): Gateway {
         id: s.id,
         client: formatAddr(s.client),
         user: s.user,
-        command: s.command === undefined ? undefined : COMMAND_NAMES[s.command],
+        command: s.command === undefined ? undefined : commandName(s.command),
         destination: s.destination,
         resolved: s.resolved,
         type: s.type,

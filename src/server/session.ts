@@ -30,6 +30,7 @@ import {
   ResolveError,
 } from "./errors.ts";
 import { relay, type RelayStats } from "./relay.ts";
+import { type CommandName, type GatewayStats, observe } from "./stats.ts";
 import {
   allowedFamilies,
   type FamilyPolicy,
@@ -50,6 +51,17 @@ export function relayType(client: Family, target: Family): RelayType {
   return target === 4 ? "C" : "D";
 }
 
+const COMMANDS: Record<number, CommandName> = {
+  [Command.CONNECT]: "connect",
+  [Command.BIND]: "bind",
+  [Command.UDP_ASSOCIATE]: "udp",
+};
+
+/** The name of a request command, as counted and logged. */
+export function commandName(command: number): CommandName {
+  return COMMANDS[command] ?? "other";
+}
+
 /** What a session needs from its gateway. */
 export interface SessionContext {
   authenticator?: Authenticator;
@@ -60,6 +72,7 @@ export interface SessionContext {
   happyEyeballsDelay: number;
   connectTimeout: number;
   outbound: { ipv4?: string; ipv6?: string };
+  stats: GatewayStats;
 }
 
 /** The state of one session, readable while it runs. */
@@ -68,6 +81,8 @@ export class Session implements RelayStats {
   readonly client: Deno.NetAddr;
   readonly clientFamily: Family;
   readonly startedAt = Date.now();
+  /** `performance.now()` at accept, for the handshake latency. */
+  readonly acceptedAt = performance.now();
   phase: "handshake" | "connect" | "relay" | "closed" = "handshake";
   user?: string;
   command?: number;
@@ -150,6 +165,7 @@ export async function runSession(
       const ok = await ctx.authenticator!(creds, { client: s.client });
       await writeAll(conn, encodeAuthStatus(ok));
       if (!ok) {
+        ctx.stats.authFailures++;
         s.closeReason = `authentication failed for user "${creds.username}"`;
         return;
       }
@@ -159,6 +175,9 @@ export async function runSession(
     const request = await reader.decode(decodeRequest, "request");
     s.command = request.command;
     s.destination = joinHostPort(request.address.host, request.port);
+    ctx.stats.sessionsByCommand[commandName(request.command)]++;
+    const requestAt = performance.now();
+    observe(ctx.stats.handshakeSeconds, (requestAt - s.acceptedAt) / 1000);
     if (request.command !== Command.CONNECT) {
       throw new GatewayError(
         Reply.COMMAND_NOT_SUPPORTED,
@@ -169,6 +188,7 @@ export async function runSession(
     s.phase = "connect";
     const target = await connectTarget(request, s, ctx);
     s.own(target);
+    observe(ctx.stats.connectSeconds, (performance.now() - requestAt) / 1000);
     const local = normalizeIp((target.localAddr as Deno.NetAddr).hostname)!;
     const remote = normalizeIp((target.remoteAddr as Deno.NetAddr).hostname)!;
     s.resolved = joinHostPort(remote.host, (target.remoteAddr as Deno.NetAddr).port);
@@ -202,6 +222,7 @@ export async function runSession(
       : s.command !== undefined
       ? replyFor(error)
       : undefined;
+    if (code === Reply.NOT_ALLOWED) ctx.stats.ruleDenials++;
     if (!replied && code !== undefined) {
       s.reply = code;
       await writeAll(conn, failureReply(s, code)).catch(() => {});
@@ -255,7 +276,11 @@ async function connectTarget(
       }
       addresses = [{ address: literal.host, family: literal.family }];
     } else {
-      const found = await ctx.resolver(host, { signal, families });
+      ctx.stats.dnsLookups++;
+      const found = await ctx.resolver(host, { signal, families }).catch((error) => {
+        ctx.stats.dnsFailures++;
+        throw error;
+      });
       addresses = orderAddresses(found, ctx.family);
       if (addresses.length === 0) {
         throw new ResolveError(host, `no address of a family allowed by policy ${ctx.family}`);

@@ -91,6 +91,12 @@ Deno.test("gateway: RFC 3089 types A, B, C and D on loopback, classified and log
       );
     }
     assert.deepEqual(gw.stats.relaysByType, { A: 1, B: 1, C: 1, D: 1 });
+    assert.equal(gw.stats.sessionsByCommand.connect, 4);
+    assert.equal(gw.stats.handshakeSeconds.count, 4);
+    assert.equal(gw.stats.connectSeconds.count, 4);
+    assert.equal(gw.stats.replies[0], 4);
+    assert.equal(gw.stats.bytesByType.B.up, 4);
+    assert.equal(gw.stats.dnsLookups, 0, "literals need no DNS");
   } finally {
     await gw.shutdown({ grace: 0 });
     await dest4.close();
@@ -197,6 +203,7 @@ Deno.test("gateway: username/password required when users are configured", async
     });
     assert.equal(ok.reply?.reply, 0);
     assert.deepEqual(gw.sessions().map((s) => s.user), ["alice"]);
+    assert.equal(gw.stats.authFailures, 1);
     ok.conn.close();
   } finally {
     await gw.shutdown({ grace: 0 });
@@ -233,6 +240,9 @@ Deno.test("gateway: reply codes for refused, unresolvable, not allowed, unsuppor
     conn.close();
     assert.equal(gw.stats.replies[5], 1);
     assert.equal(gw.stats.replies[8], 1);
+    assert.equal(gw.stats.ruleDenials, 1);
+    assert.equal(gw.stats.sessionsByCommand.other, 1);
+    assert.deepEqual([gw.stats.dnsLookups, gw.stats.dnsFailures], [1, 1]);
   } finally {
     await gw.shutdown({ grace: 0 });
   }
@@ -540,4 +550,31 @@ Deno.test("gateway: shutdown closes relays when the grace period ends", async ()
   conn.close();
   await logger.waitFor((p) => p.reason === "shutdown");
   await dest.close();
+});
+
+Deno.test("gateway: name rules admit resolved addresses; earlier address denies still win", async () => {
+  const dest = echoServer("127.0.0.1");
+  const resolver: Resolver = () => Promise.resolve([{ address: "127.0.0.1", family: 4 }]);
+  const check = async (rules: ServeOptions["rules"], name: string, want: number) => {
+    const { gw, v4 } = gateway({ resolver, rules });
+    try {
+      const { conn, reply } = await socksConnect(v4, name, dest.addr.port);
+      assert.equal(reply?.reply, want, `${name} with ${JSON.stringify(rules)}`);
+      conn.close();
+    } finally {
+      await gw.shutdown({ grace: 0 });
+    }
+  };
+  try {
+    await check([{ action: "allow", to: [".test"] }], "v4only.test", 0);
+    await check([{ action: "allow", to: [".test"] }], "v4only.example", 2);
+    await check([{ action: "allow", to: ["127.0.0.0/8"] }], "v4only.example", 0);
+    await check(
+      [{ action: "deny", to: ["127.0.0.0/8"] }, { action: "allow", to: [".test"] }],
+      "v4only.test",
+      2,
+    );
+  } finally {
+    await dest.close();
+  }
 });
