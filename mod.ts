@@ -82,3 +82,7 @@ export {
   parseConfig,
 } from "./src/config/config.ts";
 export { optionsFromConfig } from "./src/config/options.ts";
+
+// The Socks Lib: the client half of RFC 3089 (connect, chains, fake-IP
+// name delegation, socksify, forward, BIND and UDP ASSOCIATE).
+export * from "./src/client/mod.ts";

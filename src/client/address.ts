@@ -1,0 +1,172 @@
+/**
+ * Parsing of what the client is given: gateway URLs (`socks5://` and
+ * `socks5h://`, optional RFC 1929 credentials) and targets (`HOST:PORT` or
+ * `{ host, port }`).
+ *
+ * @module
+ */
+
+import { joinHostPort, normalizeIp, splitHostPort, unbracket } from "../protocol/address.ts";
+
+/** A destination: a name or an IP literal (without brackets), and a port. */
+export interface SocksTarget {
+  /** A name (sent as ATYP DOMAINNAME) or an IP literal (sent as IPv4/IPv6). */
+  host: string;
+  /** The TCP port, 1 to 65535. */
+  port: number;
+}
+
+/** One gateway of a chain, parsed from its URL. */
+export interface SocksGateway {
+  /** The host: a name or an IP literal without brackets. */
+  host: string;
+  /** The port (1080 when the URL has none). */
+  port: number;
+  /** The RFC 1929 user name, when the URL has credentials. */
+  username?: string;
+  /** The RFC 1929 password, when the URL has credentials. */
+  password?: string;
+  /** `HOST:PORT` for messages (IPv6 bracketed, never the credentials). */
+  display: string;
+}
+
+/** The default SOCKS port. */
+export const DEFAULT_SOCKS_PORT = 1080;
+
+const encoder = new TextEncoder();
+
+/**
+ * Parses a gateway URL: `socks5://[user:pass@]host[:port]` or the same with
+ * `socks5h://` (both delegate name resolution to the gateway: the Socks Lib
+ * never resolves a target name locally, RFC 3089 section 3). A bare
+ * `host:port` is read as `socks5://host:port`. User and password are
+ * percent-decoded.
+ *
+ * @example
+ * ```ts
+ * import { parseGateway } from "./address.ts";
+ * parseGateway("socks5://alice:s%40cret@[2001:db8::1]:1080");
+ * // { host: "2001:db8::1", port: 1080, username: "alice", password: "s@cret",
+ * //   display: "[2001:db8::1]:1080" }
+ * ```
+ */
+export function parseGateway(url: string): SocksGateway {
+  const text = /^[a-z][a-z0-9+.-]*:\/\//i.test(url) ? url : `socks5://${url}`;
+  let parsed: URL;
+  try {
+    parsed = new URL(text);
+  } catch (cause) {
+    throw new TypeError(
+      `gateway: expected a URL such as socks5://host:1080, found "${url}"`,
+      { cause },
+    );
+  }
+  if (parsed.protocol !== "socks5:" && parsed.protocol !== "socks5h:") {
+    throw new TypeError(
+      `gateway: expected a socks5:// or socks5h:// URL, found "${parsed.protocol}//" in "${url}"`,
+    );
+  }
+  if ((parsed.pathname !== "" && parsed.pathname !== "/") || parsed.search || parsed.hash) {
+    throw new TypeError(
+      `gateway: expected no path, query or fragment in a SOCKS URL, found "${url}"`,
+    );
+  }
+  const host = unbracket(parsed.hostname);
+  if (host === "") {
+    throw new TypeError(`gateway: expected a host in the URL, found "${url}"`);
+  }
+  const port = parsed.port === "" ? DEFAULT_SOCKS_PORT : Number(parsed.port);
+  if (port < 1) {
+    throw new RangeError(`gateway: expected a port from 1 to 65535, found ${port} in "${url}"`);
+  }
+  const gateway: SocksGateway = { host, port, display: joinHostPort(host, port) };
+  if (parsed.username !== "" || parsed.password !== "") {
+    gateway.username = decodeURIComponent(parsed.username);
+    gateway.password = decodeURIComponent(parsed.password);
+  }
+  return gateway;
+}
+
+/**
+ * Normalizes the `via` option into a non-empty list of gateways.
+ *
+ * @example
+ * ```ts
+ * import { parseChain } from "./address.ts";
+ * parseChain(["socks5://[::1]:1080", "socks5h://192.0.2.7:1080"]).length; // 2
+ * ```
+ */
+export function parseChain(via: string | readonly string[] | undefined): SocksGateway[] {
+  const list = via === undefined ? [] : typeof via === "string" ? [via] : [...via];
+  if (list.length === 0) {
+    throw new TypeError(
+      `via: expected a gateway URL or a non-empty list of them, found ${
+        via === undefined ? "nothing" : "an empty list"
+      }`,
+    );
+  }
+  return list.map(parseGateway);
+}
+
+/**
+ * Parses a target given as `HOST:PORT` (IPv6 in brackets) or `{ host, port }`.
+ * IP literals are normalized (brackets removed, IPv6 canonical, IPv4-mapped
+ * IPv6 unmapped); names are kept as given. Port 0 is refused unless
+ * `allowPortZero` (a BIND request may not know the peer's port).
+ *
+ * @example
+ * ```ts
+ * import { parseTarget } from "./address.ts";
+ * parseTarget("[2001:db8::10]:443"); // { host: "2001:db8::10", port: 443 }
+ * parseTarget({ host: "v4only.test", port: 80 }); // { host: "v4only.test", port: 80 }
+ * ```
+ */
+export function parseTarget(
+  target: string | SocksTarget,
+  options: { allowPortZero?: boolean } = {},
+): SocksTarget {
+  let host: string;
+  let port: number;
+  if (typeof target === "string") {
+    const hp = splitHostPort(target);
+    if (!hp) {
+      throw new TypeError(
+        `target: expected "host:port" (IPv6 as "[addr]:port"), found "${target}"`,
+      );
+    }
+    ({ host, port } = hp);
+  } else if (target && typeof target === "object") {
+    host = unbracket(String(target.host ?? ""));
+    port = target.port;
+  } else {
+    throw new TypeError(
+      `target: expected "host:port" or { host, port }, found ${typeof target}`,
+    );
+  }
+  const min = options.allowPortZero ? 0 : 1;
+  if (!Number.isInteger(port) || port < min || port > 65535) {
+    throw new RangeError(`target: expected a port from ${min} to 65535, found ${port}`);
+  }
+  const ip = normalizeIp(host);
+  if (ip) return { host: ip.host, port };
+  const length = encoder.encode(host).length;
+  if (length < 1 || length > 255 || /[\s/]/.test(host) || host.includes(":")) {
+    throw new TypeError(
+      `target: expected an IP literal or a name of 1 to 255 bytes without spaces, slashes or colons, found "${host}"`,
+    );
+  }
+  return { host, port };
+}
+
+/**
+ * Formats a target as `HOST:PORT`, bracketing IPv6.
+ *
+ * @example
+ * ```ts
+ * import { formatTarget } from "./address.ts";
+ * formatTarget({ host: "::1", port: 80 }); // "[::1]:80"
+ * ```
+ */
+export function formatTarget(target: SocksTarget): string {
+  return joinHostPort(target.host, target.port);
+}
