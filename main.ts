@@ -31,12 +31,17 @@ import {
 import { optionsFromConfig } from "./src/config/options.ts";
 import { ListenError, serve } from "./src/server/gateway.ts";
 import { libraryLogger } from "./src/log.ts";
+import { forward } from "./src/client/forward.ts";
 
 const HELP = `dualsocks ${denoJson.version}: a SOCKS5 IPv6/IPv4 gateway (RFC 3089)
 
 Usage:
   dualsocks [serve] [options]        run the gateway
   dualsocks check-config FILE        validate FILE and print the effective configuration
+  dualsocks forward --listen HOST:PORT --to HOST:PORT --via URL [--via URL]...
+                                     a local TCP forwarder through a gateway (or a chain
+                                     of gateways, in order), for programs that cannot
+                                     be socksified; URL: socks5://[user:pass@]HOST:PORT
 
 Options:
   -c, --config FILE         YAML configuration file (see README)
@@ -66,6 +71,8 @@ function parse(args: string[]) {
         listen: { type: "string", short: "l", multiple: true },
         "log-format": { type: "string" },
         "log-level": { type: "string" },
+        to: { type: "string" },
+        via: { type: "string", multiple: true },
         help: { type: "boolean", short: "h" },
         version: { type: "boolean", short: "V" },
       },
@@ -143,15 +150,65 @@ async function runGateway(config: Config): Promise<number> {
       gateway.shutdown({ grace: 0 });
     }
   };
+  const remove = onStopSignals(onSignal);
+  await gateway.finished;
+  remove();
+  log.info("stopped");
+  await dispose(); // flush the log sink before the process exits
+  return 0;
+}
+
+/** Calls `onSignal` on SIGINT and SIGTERM; returns a function that removes the listeners. */
+function onStopSignals(onSignal: (signal: Deno.Signal) => void): () => void {
   const handlers = (["SIGINT", "SIGTERM"] as const).map((sig) => {
     const handler = () => onSignal(sig);
     Deno.addSignalListener(sig, handler);
     return [sig, handler] as const;
   });
-  await gateway.finished;
-  for (const [sig, handler] of handlers) Deno.removeSignalListener(sig, handler);
-  log.info("stopped");
-  await dispose(); // flush the log sink before the process exits
+  return () => {
+    for (const [sig, handler] of handlers) Deno.removeSignalListener(sig, handler);
+  };
+}
+
+async function runForward(values: Parsed["values"]): Promise<number> {
+  const missing = !values.listen?.length
+    ? "--listen HOST:PORT"
+    : !values.to
+    ? "--to HOST:PORT"
+    : !values.via?.length
+    ? "--via socks5://HOST:PORT"
+    : null;
+  if (missing) throw new UsageError(`forward: expected ${missing}, found none`);
+  if (values.config) throw new UsageError("forward: --config is for the gateway, not forward");
+  const config = await effectiveConfig({ ...values, listen: undefined });
+  await setUpLogging(config);
+  const log = libraryLogger("forward");
+  let forwarder;
+  try {
+    forwarder = forward({
+      listen: values.listen!,
+      to: values.to!,
+      via: values.via!,
+      onError: (error, client) =>
+        log.warn("{client}: {error}", {
+          client: `${client.hostname}:${client.port}`,
+          error: (error as Error).message,
+        }),
+    });
+  } catch (error) {
+    if (error instanceof TypeError) throw new UsageError(error.message);
+    console.error(`dualsocks: forward: cannot listen: ${(error as Error).message}`);
+    return 1;
+  }
+  log.info("forwarding {listen} to {to} via {via}", {
+    listen: forwarder.addrs.map((a) => `${a.hostname}:${a.port}`).join(" "),
+    to: values.to,
+    via: values.via!.join(" -> "),
+  });
+  const remove = onStopSignals(() => forwarder.shutdown());
+  await forwarder.finished;
+  remove();
+  await dispose();
   return 0;
 }
 
@@ -184,6 +241,10 @@ export async function main(args: string[]): Promise<number> {
       console.log(formatConfig(await effectiveConfig(values, file)));
       console.error(`${file}: ok`);
       return 0;
+    }
+    if (command === "forward" && rest.length === 0) return await runForward(values);
+    if (values.to || values.via) {
+      throw new UsageError("--to and --via belong to the forward command");
     }
     if (command !== "serve" || rest.length > 0) {
       throw new UsageError(`unknown command "${positionals.join(" ")}"`);

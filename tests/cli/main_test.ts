@@ -6,7 +6,16 @@
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import denoJson from "../../deno.json" with { type: "json" };
-import { echoServer, readN, run, socksConnect, withTimeout, writeAll } from "../helpers.ts";
+import {
+  echoServer,
+  gatewayAddr,
+  readN,
+  run,
+  socksConnect,
+  withTimeout,
+  writeAll,
+} from "../helpers.ts";
+import { serve } from "../../src/server/gateway.ts";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const MAIN = `${ROOT}main.ts`;
@@ -26,7 +35,12 @@ async function configDir(yaml: string) {
 }
 
 /** A running gateway process with its stderr parsed as JSON log lines. */
-async function startCli(dir: string, args: string[], prefix: string[] = []) {
+async function startCli(
+  dir: string,
+  args: string[],
+  prefix: string[] = [],
+  ready = { text: "listening on", addrs: "addrs" },
+) {
   const cmd = prefix.length
     ? new Deno.Command(prefix[0], {
       args: [...prefix.slice(1), Deno.execPath(), "run", ...binaryFlags(dir), MAIN, ...args],
@@ -69,8 +83,8 @@ async function startCli(dir: string, args: string[], prefix: string[] = []) {
       );
     });
   };
-  const listening = JSON.parse(await waitFor((l) => l.includes("listening on")));
-  const addrs: string[] = listening.properties.addrs.split(" ");
+  const listening = JSON.parse(await waitFor((l) => l.includes(ready.text)));
+  const addrs: string[] = listening.properties[ready.addrs].split(" ");
   return {
     child,
     lines,
@@ -222,4 +236,54 @@ Deno.test("cli: the accept loop survives accept errors (out of file descriptors)
     assert.equal((await gw.status()).code, 0);
     await dest.close();
   }
+});
+
+Deno.test("cli: forward carries curl through a gateway to a name only the gateway knows", async () => {
+  const web = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    () => new Response("forwarded\n"),
+  );
+  const gw = serve({
+    listen: ["[::1]:0"],
+    resolver: () => Promise.resolve([{ address: "127.0.0.1", family: 4 }]),
+  });
+  await using cfg = await configDir("{}\n");
+  const gwAddr = gatewayAddr(gw, 6);
+  const fwd = await startCli(
+    cfg.dir,
+    [
+      "forward",
+      "--listen",
+      "127.0.0.1:0",
+      "--to",
+      `v4only.test:${web.addr.port}`,
+      "--via",
+      `socks5://[::1]:${gwAddr.port}`,
+      "--log-format",
+      "json",
+    ],
+    [],
+    { text: "forwarding", addrs: "listen" },
+  );
+  try {
+    const out = await run("curl", ["-sS", "--max-time", "10", `http://${fwd.addrs[0]}/`]);
+    assert.equal(out.code, 0, out.stderr);
+    assert.equal(out.stdout, "forwarded\n");
+  } finally {
+    fwd.child.kill("SIGTERM");
+    assert.equal((await fwd.status()).code, 0);
+    await gw.shutdown({ grace: 0 });
+    await web.shutdown();
+  }
+  assert.equal(gw.stats.relaysByType.C, 1, "forwarder [::1] -> gateway -> 127.0.0.1: type C");
+  const usage = await run(Deno.execPath(), [
+    "run",
+    ...binaryFlags(cfg.dir),
+    MAIN,
+    "forward",
+    "--to",
+    "x:1",
+  ]);
+  assert.equal(usage.code, 2);
+  assert.match(usage.stderr, /forward: expected --listen HOST:PORT/);
 });
