@@ -15,6 +15,8 @@ export interface ByteSource {
   read(p: Uint8Array): Promise<number | null>;
 }
 
+const EMPTY = new Uint8Array(0);
+
 /** Raised when the peer closes in the middle of a message. */
 export class UnexpectedEofError extends Error {
   /** Creates the error; `what` names the message that was cut short. */
@@ -27,7 +29,7 @@ export class UnexpectedEofError extends Error {
 /** A small growable buffer in front of a {@linkcode ByteSource}. */
 export class BufferedReader {
   #src: ByteSource;
-  #buf: Uint8Array;
+  #buf: Uint8Array<ArrayBuffer>;
   #start = 0;
   #end = 0;
 
@@ -62,7 +64,9 @@ export class BufferedReader {
     if (this.#end === this.#buf.length) {
       const pending = this.#end - this.#start;
       // SOCKS messages are under 600 bytes; grow only for a longer backlog.
-      const next = pending * 2 > this.#buf.length
+      const next = this.#buf.length === 0
+        ? new Uint8Array(512)
+        : pending * 2 > this.#buf.length
         ? new Uint8Array(this.#buf.length * 2)
         : this.#buf;
       if (next === this.#buf) next.copyWithin(0, this.#start, this.#end);
@@ -81,8 +85,10 @@ export class BufferedReader {
    * Returns the bytes read past the last decoded message (data an
    * optimistic client sent ahead of the reply), and empties the buffer.
    */
-  takeRest(): Uint8Array {
+  takeRest(): Uint8Array<ArrayBuffer> {
     const rest = this.#buf.slice(this.#start, this.#end);
+    // The reader is done: let its buffer go (a relay may live for hours).
+    this.#buf = EMPTY;
     this.#start = this.#end = 0;
     return rest;
   }

@@ -71,6 +71,7 @@ const BY_NAME: Record<string, number> = {
  * | connect timeout (ours or the kernel's) | 4 |
  * | network unreachable, network down, family not supported | 3 |
  * | several attempts (Happy Eyeballs) | 5 if any was refused, else the first attempt's |
+ * | an upstream gateway's failure reply (routed CONNECT) | the upstream's code |
  * | anything else | 1 |
  *
  * Command not supported (7), address type not supported (8) and not
@@ -78,6 +79,9 @@ const BY_NAME: Record<string, number> = {
  */
 export function replyFor(error: unknown): number {
   if (error instanceof GatewayError) return error.reply;
+  // An upstream gateway's failure reply (Socks Lib errors carry `reply`) passes through.
+  const upstream = (error as { reply?: unknown } | null)?.reply;
+  if (typeof upstream === "number" && upstream >= 1 && upstream <= 8) return upstream;
   if (error instanceof AggregateError && error.errors.length > 0) {
     const codes = error.errors.map(replyFor);
     return codes.includes(Reply.CONNECTION_REFUSED) ? Reply.CONNECTION_REFUSED : codes[0];

@@ -19,6 +19,9 @@ import {
   systemResolver,
 } from "./resolver.ts";
 import { type GatewayStats, newStats } from "./stats.ts";
+import type { BindServerOptions } from "./bind.ts";
+import type { UdpServerOptions } from "./udp.ts";
+import { compileRoutes, type RouteConfig, type RouteTable } from "./routes.ts";
 import {
   commandName,
   type RelayType,
@@ -70,6 +73,15 @@ export interface ServeOptions {
   rules?: readonly RuleConfig[] | RulesHook;
   /** Timeouts. */
   timeouts?: Timeouts;
+  /**
+   * Gateway-side chaining (RFC 3089 section 4): destinations that match a
+   * route go through its upstream SOCKS5 chain; the rest go direct.
+   */
+  routes?: readonly RouteConfig[] | RouteTable;
+  /** BIND: accept timeout, and whether only the named peer may connect. */
+  bind?: BindServerOptions;
+  /** UDP ASSOCIATE: advertised address, relay port range, name cache. */
+  udp?: UdpServerOptions;
   /** Maximum concurrent sessions; further clients are closed at once. Default 1024. */
   maxSessions?: number;
   /** Logger hook. Default: LogTape category `["dualsocks"]`. */
@@ -104,14 +116,46 @@ export interface SessionInfo {
 
 /** A running gateway, returned by {@linkcode serve}. */
 export interface Gateway {
-  /** The bound addresses (real ports when port 0 was asked for). */
+  /** The bound addresses (real ports when port 0 was asked for); a reload changes them. */
   readonly addrs: Deno.NetAddr[];
   /** Resolves when the gateway has shut down and every session has ended. */
   readonly finished: Promise<void>;
   /** Counters since start. */
   readonly stats: GatewayStats;
+  /** Start time, ms since the epoch. */
+  readonly startedAt: number;
+  /** `true` once {@linkcode Gateway.shutdown} has been called: not ready for new clients. */
+  readonly draining: boolean;
   /** A snapshot of the live sessions. */
   sessions(): SessionInfo[];
+  /**
+   * Cuts one session now: closes both of its sockets (the client sees EOF)
+   * and logs `reason` as its close reason. Returns `false` when no live
+   * session has this id.
+   *
+   * @example
+   * ```ts ignore
+   * const [first] = gateway.sessions();
+   * if (first) gateway.closeSession(first.id, "closed by the operator");
+   * ```
+   */
+  closeSession(id: number, reason?: string): boolean;
+  /**
+   * Applies new options to new sessions, without touching the sessions that
+   * are running (they keep the users, rules, resolver and timeouts they
+   * started with). Listeners are compared by address: the new ones are bound
+   * first, and if one cannot be bound the reload rejects with a
+   * {@linkcode ListenError} and nothing changes; then the listeners no longer
+   * listed are closed. `options` replaces the whole previous set (an omitted
+   * hook falls back to its default), except `logger`, which is kept. Reloads
+   * run one at a time; a reload during shutdown rejects.
+   *
+   * @example
+   * ```ts ignore
+   * await gateway.reload({ listen: ["127.0.0.1:1081"], maxSessions: 64 });
+   * ```
+   */
+  reload(options: ServeOptions): Promise<void>;
   /**
    * Stops accepting, ends sessions still in their handshake, lets relays run
    * for up to `grace` ms (default 10 s), then closes what is left.
@@ -143,25 +187,104 @@ function toListenAddress(entry: string | ListenAddress): ListenAddress {
   return hp;
 }
 
-function bind(entry: string | ListenAddress): Deno.TcpListener {
+/** A listen entry, validated: the normalized host and the `HOST:PORT` it is compared by. */
+interface Requested {
+  hostname: string;
+  port: number;
+  /** Normalized `HOST:PORT`, as asked for (port 0 stays 0). */
+  key: string;
+}
+
+function requested(entry: string | ListenAddress): Requested {
   const { host, port } = toListenAddress(entry);
   const ip = normalizeIp(host);
-  const text = joinHostPort(host, port);
-  if (!ip) throw new ListenError(text, `expected an IP literal host, found "${host}"`);
+  if (!ip) {
+    throw new ListenError(
+      joinHostPort(host, port),
+      `expected an IP literal host, found "${host}"`,
+    );
+  }
+  return { hostname: ip.host, port, key: joinHostPort(ip.host, port) };
+}
+
+function bind(req: Requested): Deno.TcpListener {
   try {
-    return Deno.listen({ hostname: ip.host, port, transport: "tcp" });
+    return Deno.listen({ hostname: req.hostname, port: req.port, transport: "tcp" });
   } catch (error) {
     const reason = error instanceof Deno.errors.AddrInUse
       ? "address already in use"
       : error instanceof Deno.errors.AddrNotAvailable
       ? "address not available on this host"
       : (error as Error).message;
-    throw new ListenError(text, reason, { cause: error });
+    throw new ListenError(req.key, reason, { cause: error });
   }
 }
 
 function formatAddr(a: Deno.NetAddr): string {
   return joinHostPort(a.hostname, a.port);
+}
+
+/** One bound listener and its accept loop. */
+interface Listening {
+  listener: Deno.TcpListener;
+  /** The normalized address asked for, e.g. `127.0.0.1:0`. */
+  requested: string;
+  /** Set when a reload removed it. */
+  closed: boolean;
+}
+
+/** What new sessions get; a reload swaps it, running sessions keep theirs. */
+interface Settings {
+  ctx: SessionContext;
+  timeouts: Required<Timeouts>;
+  maxSessions: number;
+}
+
+/** Per-gateway state that every generation of settings shares. */
+interface Shared {
+  stats: GatewayStats;
+  localAddressToward: (peer: string) => string | undefined;
+}
+
+function settingsFrom(options: ServeOptions, shared: Shared): Settings {
+  const timeouts = {
+    handshake: options.timeouts?.handshake ?? 10_000,
+    connect: options.timeouts?.connect ?? 10_000,
+    idle: options.timeouts?.idle ?? 300_000,
+  };
+  const rules = options.rules === undefined
+    ? undefined
+    : typeof options.rules === "function"
+    ? options.rules
+    : options.rules.length > 0
+    ? compileRules([...options.rules])
+    : undefined;
+  const ctx: SessionContext = {
+    authenticator: options.authenticator ??
+      (options.users?.length ? staticUsers(options.users) : undefined),
+    rules,
+    resolver: options.resolver ??
+      (options.nameservers?.length ? nameserverResolver(options.nameservers) : systemResolver),
+    family: options.family ?? "auto",
+    dialer: options.dialer ?? defaultDialer,
+    happyEyeballsDelay: options.happyEyeballsDelay ?? 250,
+    connectTimeout: timeouts.connect,
+    outbound: options.outbound ?? {},
+    bind: options.bind,
+    udp: options.udp,
+    routes: typeof options.routes === "function"
+      ? options.routes
+      : options.routes?.length
+      ? compileRoutes(options.routes)
+      : undefined,
+    ...shared,
+  };
+  return { ctx, timeouts, maxSessions: options.maxSessions ?? 1024 };
+}
+
+/** How often the sweeper must run to honour these timeouts. */
+function tickFor(t: Required<Timeouts>): number {
+  return Math.max(25, Math.min(1000, t.handshake / 4, (t.idle || Infinity) / 4));
 }
 
 /**
@@ -178,68 +301,72 @@ function formatAddr(a: Deno.NetAddr): string {
  */
 export function serve(options: ServeOptions = {}): Gateway {
   const log = options.logger ?? libraryLogger("gateway");
-  const timeouts = {
-    handshake: options.timeouts?.handshake ?? 10_000,
-    connect: options.timeouts?.connect ?? 10_000,
-    idle: options.timeouts?.idle ?? 300_000,
-  };
-  const maxSessions = options.maxSessions ?? 1024;
-  const rules = options.rules === undefined
-    ? undefined
-    : typeof options.rules === "function"
-    ? options.rules
-    : options.rules.length > 0
-    ? compileRules([...options.rules])
-    : undefined;
   const stats = newStats();
-  const ctx: SessionContext = {
-    authenticator: options.authenticator ??
-      (options.users?.length ? staticUsers(options.users) : undefined),
-    rules,
-    resolver: options.resolver ??
-      (options.nameservers?.length ? nameserverResolver(options.nameservers) : systemResolver),
-    family: options.family ?? "auto",
-    dialer: options.dialer ?? defaultDialer,
-    happyEyeballsDelay: options.happyEyeballsDelay ?? 250,
-    connectTimeout: timeouts.connect,
-    outbound: options.outbound ?? {},
-    stats,
+  // BIND listens where a live relay to the same peer already leaves from.
+  const localAddressToward = (peer: string) => {
+    for (const s of sessions.values()) {
+      if (s.localAddress && s.resolved && splitHostPort(s.resolved)?.host === peer) {
+        return s.localAddress;
+      }
+    }
+    return undefined;
   };
+  const shared: Shared = { stats, localAddressToward };
+  let settings = settingsFrom(options, shared);
+  const startedAt = Date.now();
 
-  const listeners: Deno.TcpListener[] = [];
-  try {
-    for (const entry of options.listen ?? DEFAULT_LISTEN) listeners.push(bind(entry));
-  } catch (error) {
-    for (const l of listeners) l.close();
-    throw error;
+  let listening: Listening[] = [];
+  {
+    const bound: Deno.TcpListener[] = [];
+    try {
+      for (const entry of options.listen ?? DEFAULT_LISTEN) {
+        const req = requested(entry);
+        bound.push(bind(req));
+        listening.push({ listener: bound.at(-1)!, requested: req.key, closed: false });
+      }
+    } catch (error) {
+      for (const l of bound) l.close();
+      throw error;
+    }
   }
-  const addrs = listeners.map((l) => l.addr);
+  const currentAddrs = () => listening.map((l) => l.listener.addr);
 
   const sessions = new Map<number, Session>();
+  /** The timeouts each session started with. */
+  const timeoutsOf = new WeakMap<Session, Required<Timeouts>>();
   let nextId = 1;
   let stopping = false;
   let lastRejectLog = 0;
   let drained: (() => void) | null = null;
 
   // One timer sweeps every session for handshake and idle timeouts.
-  const tick = Math.max(
-    25,
-    Math.min(1000, timeouts.handshake / 4, (timeouts.idle || Infinity) / 4),
-  );
-  const sweeper = setInterval(() => {
+  const sweep = () => {
     const now = performance.now();
     for (const s of sessions.values()) {
+      const t = timeoutsOf.get(s) ?? settings.timeouts;
       if (s.phase === "handshake") {
-        if (now - s.lastActive > timeouts.handshake) s.abort("handshake timeout");
-      } else if (s.phase === "relay" && timeouts.idle > 0) {
+        if (now - s.lastActive > t.handshake) s.abort("handshake timeout");
+      } else if (s.phase === "relay" && t.idle > 0) {
         if (s.active) {
           s.active = false;
           s.lastActive = now;
-        } else if (now - s.lastActive > timeouts.idle) s.abort("idle timeout");
+        } else if (now - s.lastActive > t.idle) s.abort("idle timeout");
       }
     }
-  }, tick);
-  Deno.unrefTimer(sweeper);
+  };
+  let tick = Infinity;
+  let sweeper: ReturnType<typeof setInterval> | undefined;
+  /** Runs the sweeper at least as often as `timeouts` need (a reload may shorten them). */
+  const sweepFor = (timeouts: Required<Timeouts>) => {
+    const wanted = tickFor(timeouts);
+    if (wanted >= tick) return;
+    clearInterval(sweeper);
+    tick = wanted;
+    const timer = setInterval(sweep, tick);
+    Deno.unrefTimer(timer);
+    sweeper = timer;
+  };
+  sweepFor(settings.timeouts);
 
   const finish = (s: Session) => {
     sessions.delete(s.id);
@@ -272,6 +399,7 @@ export function serve(options: ServeOptions = {}): Gateway {
   };
 
   const handle = (conn: Deno.TcpConn) => {
+    const { ctx, timeouts, maxSessions } = settings;
     if (stopping || sessions.size >= maxSessions) {
       stats.sessionsRejected++;
       conn.close();
@@ -286,17 +414,19 @@ export function serve(options: ServeOptions = {}): Gateway {
     const s = new Session(nextId++, conn);
     s.lastActive = performance.now();
     sessions.set(s.id, s);
+    timeoutsOf.set(s, timeouts);
     stats.sessionsTotal++;
     runSession(conn, s, ctx).finally(() => finish(s));
   };
 
-  const acceptLoop = async (listener: Deno.TcpListener) => {
-    while (!stopping) {
+  const acceptLoop = async (entry: Listening) => {
+    const { listener } = entry;
+    while (!stopping && !entry.closed) {
       let conn: Deno.TcpConn;
       try {
         conn = await listener.accept();
       } catch (error) {
-        if (stopping || error instanceof Deno.errors.BadResource) return;
+        if (stopping || entry.closed || error instanceof Deno.errors.BadResource) return;
         // A client that reset before accept, or a transient EMFILE: keep serving.
         log.warn("accept on {addr} failed: {error}", {
           addr: formatAddr(listener.addr),
@@ -307,10 +437,66 @@ export function serve(options: ServeOptions = {}): Gateway {
         }
         continue;
       }
+      if (entry.closed && !stopping) {
+        // Accepted just as a reload removed this listener.
+        conn.close();
+        return;
+      }
       handle(conn);
     }
   };
-  const loops = Promise.all(listeners.map(acceptLoop));
+  const loops = new Set<Promise<void>>();
+  const startLoop = (entry: Listening) => {
+    const loop = acceptLoop(entry);
+    loops.add(loop);
+    loop.finally(() => loops.delete(loop));
+  };
+  const closeListener = (entry: Listening) => {
+    entry.closed = true;
+    try {
+      entry.listener.close();
+    } catch { /* already closed */ }
+  };
+  for (const entry of listening) startLoop(entry);
+
+  const reload = (next: ServeOptions): void => {
+    if (stopping) {
+      throw new Error("cannot reload: expected a running gateway, found it shutting down");
+    }
+    const nextSettings = settingsFrom(next, shared);
+    const nextListening: Listening[] = [];
+    const added: Listening[] = [];
+    try {
+      for (const entry of next.listen ?? DEFAULT_LISTEN) {
+        const req = requested(entry);
+        const existing = listening.find((l) =>
+          !nextListening.includes(l) &&
+          (l.requested === req.key || formatAddr(l.listener.addr) === req.key)
+        );
+        if (existing) {
+          nextListening.push(existing);
+        } else {
+          const entry = { listener: bind(req), requested: req.key, closed: false };
+          added.push(entry);
+          nextListening.push(entry);
+        }
+      }
+    } catch (error) {
+      for (const l of added) closeListener(l);
+      throw error;
+    }
+    const removed = listening.filter((l) => !nextListening.includes(l));
+    settings = nextSettings;
+    sweepFor(nextSettings.timeouts);
+    listening = nextListening;
+    for (const l of removed) closeListener(l);
+    for (const l of added) startLoop(l);
+    log.info("reloaded: listening on {addrs} (added {added}, removed {removed})", {
+      addrs: currentAddrs().map(formatAddr).join(" "),
+      added: added.map((l) => formatAddr(l.listener.addr)).join(" ") || "none",
+      removed: removed.map((l) => formatAddr(l.listener.addr)).join(" ") || "none",
+    });
+  };
 
   let finishedResolve!: () => void;
   const finished = new Promise<void>((r) => (finishedResolve = r));
@@ -330,12 +516,8 @@ export function serve(options: ServeOptions = {}): Gateway {
   const shutdown = (opts: { grace?: number } = {}): Promise<void> => {
     shutdownPromise ??= (async () => {
       stopping = true;
-      for (const l of listeners) {
-        try {
-          l.close();
-        } catch { /* already closed */ }
-      }
-      await loops;
+      for (const l of listening) closeListener(l);
+      await Promise.all(loops);
       for (const s of sessions.values()) if (s.phase !== "relay") s.abort("shutdown");
       const grace = opts.grace ?? 10_000;
       if (sessions.size > 0) {
@@ -353,11 +535,17 @@ export function serve(options: ServeOptions = {}): Gateway {
     return shutdownPromise;
   };
 
-  log.info("listening on {addrs}", { addrs: addrs.map(formatAddr).join(" ") });
+  log.info("listening on {addrs}", { addrs: currentAddrs().map(formatAddr).join(" ") });
   return {
-    addrs,
+    get addrs() {
+      return currentAddrs();
+    },
     finished,
     stats,
+    startedAt,
+    get draining() {
+      return stopping;
+    },
     sessions: () =>
       [...sessions.values()].map((s) => ({
         id: s.id,
@@ -372,6 +560,20 @@ export function serve(options: ServeOptions = {}): Gateway {
         bytesDown: s.bytesDown,
         startedAt: s.startedAt,
       })),
+    closeSession(id: number, reason = "closed by the operator") {
+      const s = sessions.get(id);
+      if (!s) return false;
+      s.abort(reason);
+      return true;
+    },
+    reload: (next: ServeOptions) => {
+      try {
+        reload(next);
+        return Promise.resolve();
+      } catch (error) {
+        return Promise.reject(error);
+      }
+    },
     shutdown,
   };
 }

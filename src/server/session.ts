@@ -1,6 +1,6 @@
 /**
- * One client session: the SOCKS5 handshake state machine, the CONNECT
- * command (policy, resolution, Happy Eyeballs), and the relay.
+ * One client session: the SOCKS5 handshake state machine, then one of the
+ * three commands (CONNECT, BIND, UDP ASSOCIATE) and the relay.
  *
  * @module
  */
@@ -22,6 +22,7 @@ import { Command, Method, Reply } from "../protocol/constants.ts";
 import type { Authenticator } from "../policy/auth.ts";
 import { combineDecisions, type RuleContext, type RuleDecision } from "../policy/rules.ts";
 import { type Dialer, happyEyeballs, type RelayConn } from "./dialer.ts";
+import type { RuleCommand } from "../policy/rules.ts";
 import {
   ConnectTimeoutError,
   describeError,
@@ -30,6 +31,15 @@ import {
   ResolveError,
 } from "./errors.ts";
 import { relay, type RelayStats } from "./relay.ts";
+import {
+  acceptPeer,
+  addressReply,
+  bindListen,
+  type BindServerOptions,
+  PrefetchedConn,
+} from "./bind.ts";
+import { Association, bindUdp, type UdpServerOptions } from "./udp.ts";
+import { connectVia, describeChain, type RouteTable } from "./routes.ts";
 import { type CommandName, type GatewayStats, observe } from "./stats.ts";
 import {
   allowedFamilies,
@@ -73,6 +83,12 @@ export interface SessionContext {
   connectTimeout: number;
   outbound: { ipv4?: string; ipv6?: string };
   stats: GatewayStats;
+  bind?: BindServerOptions;
+  udp?: UdpServerOptions;
+  /** Gateway-side chaining: the upstream chain for a request, if routed. */
+  routes?: RouteTable;
+  /** The gateway's local address on a live relay to `peer`, if any (for BIND). */
+  localAddressToward?: (peer: string) => string | undefined;
 }
 
 /** The state of one session, readable while it runs. */
@@ -84,6 +100,13 @@ export class Session implements RelayStats {
   /** `performance.now()` at accept, for the handshake latency. */
   readonly acceptedAt = performance.now();
   phase: "handshake" | "connect" | "relay" | "closed" = "handshake";
+  /** The upstream chain a routed CONNECT went through. */
+  route?: string;
+  /** The outbound socket's local address, once connected (used by BIND). */
+  localAddress?: string;
+  /** Datagrams relayed by a UDP association, each way. */
+  datagramsUp = 0;
+  datagramsDown = 0;
   user?: string;
   command?: number;
   destination?: string;
@@ -95,8 +118,12 @@ export class Session implements RelayStats {
   bytesDown = 0;
   active = false;
   lastActive = 0;
-  #conns: RelayConn[] = [];
-  #controller = new AbortController();
+  /** True once {@linkcode abort} ran: the session is over. */
+  aborted = false;
+  /** The blocking operation under way (a connect), aborted with the session. */
+  pending?: AbortController;
+  #conns: { close(): void }[] = [];
+  #controller?: AbortController;
 
   constructor(id: number, conn: Deno.Conn) {
     this.id = id;
@@ -107,24 +134,30 @@ export class Session implements RelayStats {
     this.#conns.push(conn);
   }
 
-  /** Aborted when the session is cut short. */
+  /** Aborted when the session ends (created on first use: most sessions never need it). */
   get signal(): AbortSignal {
+    this.#controller ??= new AbortController();
+    if (this.aborted) this.#controller.abort(this.closeReason);
     return this.#controller.signal;
   }
 
-  /** Tracks a connection so that {@linkcode abort} closes it. */
-  own(conn: RelayConn): void {
-    this.#conns.push(conn);
+  /** Tracks a socket so that {@linkcode abort} closes it. */
+  own(conn: { close(): void }): void {
+    if (this.aborted) conn.close();
+    else this.#conns.push(conn);
   }
 
-  /** Ends the session now: records `reason`, aborts work, closes sockets. */
+  /** Ends the session now, once: records `reason`, aborts work, closes every socket once. */
   abort(reason: string): void {
+    if (this.aborted) return;
+    this.aborted = true;
     this.closeReason ??= reason;
-    this.#controller.abort(new Error(reason));
+    this.#controller?.abort(this.closeReason);
+    this.pending?.abort(this.closeReason);
     for (const c of this.#conns) {
       try {
         c.close();
-      } catch { /* already closed */ }
+      } catch { /* closed by its peer's error path */ }
     }
   }
 }
@@ -138,9 +171,24 @@ function failureReply(s: Session, code: number): Uint8Array {
   return encodeReply({ reply: code, address: toSocksAddress(host), port: 0 });
 }
 
+/** What a command handler gets: the client, its reader, the request. */
+interface CommandCall {
+  conn: Deno.Conn;
+  reader: BufferedReader;
+  request: SocksRequest;
+  s: Session;
+  ctx: SessionContext;
+  /** Sends the (first) success reply naming `host:port`. */
+  succeed(host: string, port: number): Promise<void>;
+}
+
+/** A command that got as far as relaying: the promise of the relay's end. */
+type Started = { relaying: Promise<void> } | undefined;
+
 /**
  * Runs one session to its end. Never throws: every outcome is recorded in
- * `s.closeReason` and both sockets are closed.
+ * `s.closeReason` and every socket is closed. Once the relay runs, no
+ * async frame of the handshake stays suspended (idle relays stay small).
  */
 export async function runSession(
   conn: Deno.Conn,
@@ -149,6 +197,7 @@ export async function runSession(
 ): Promise<void> {
   const reader = new BufferedReader(conn);
   let replied = false;
+  let started: Started;
   try {
     // 1. Method negotiation: user/pass when configured, else NO AUTH.
     const { methods } = await reader.decode(decodeGreeting, "greeting");
@@ -157,7 +206,7 @@ export async function runSession(
     await writeAll(conn, encodeMethodSelection(method));
     if (method === Method.NO_ACCEPTABLE) {
       s.closeReason = "no acceptable authentication method";
-      return;
+      return end(s);
     }
     // 2. RFC 1929 sub-negotiation.
     if (method === Method.USERPASS) {
@@ -167,7 +216,7 @@ export async function runSession(
       if (!ok) {
         ctx.stats.authFailures++;
         s.closeReason = `authentication failed for user "${creds.username}"`;
-        return;
+        return end(s);
       }
       s.user = creds.username;
     }
@@ -176,44 +225,32 @@ export async function runSession(
     s.command = request.command;
     s.destination = joinHostPort(request.address.host, request.port);
     ctx.stats.sessionsByCommand[commandName(request.command)]++;
-    const requestAt = performance.now();
-    observe(ctx.stats.handshakeSeconds, (requestAt - s.acceptedAt) / 1000);
-    if (request.command !== Command.CONNECT) {
+    observe(ctx.stats.handshakeSeconds, (performance.now() - s.acceptedAt) / 1000);
+    // 4. The command.
+    s.phase = "connect";
+    const command: CommandCall = {
+      conn,
+      reader,
+      request,
+      s,
+      ctx,
+      async succeed(host, port) {
+        s.reply = Reply.SUCCEEDED;
+        replied = true;
+        await writeAll(conn, addressReply(host, port));
+      },
+    };
+    if (request.command === Command.CONNECT) started = await connectCommand(command);
+    else if (request.command === Command.BIND) started = await bindCommand(command);
+    else if (request.command === Command.UDP_ASSOCIATE) started = await udpCommand(command);
+    else {
       throw new GatewayError(
         Reply.COMMAND_NOT_SUPPORTED,
         `command ${request.command} not supported`,
       );
     }
-    // 4. Policy, resolution, connection; then the success reply.
-    s.phase = "connect";
-    const target = await connectTarget(request, s, ctx);
-    s.own(target);
-    observe(ctx.stats.connectSeconds, (performance.now() - requestAt) / 1000);
-    const local = normalizeIp((target.localAddr as Deno.NetAddr).hostname)!;
-    const remote = normalizeIp((target.remoteAddr as Deno.NetAddr).hostname)!;
-    s.resolved = joinHostPort(remote.host, (target.remoteAddr as Deno.NetAddr).port);
-    s.type = relayType(s.clientFamily, remote.family);
-    s.reply = Reply.SUCCEEDED;
-    replied = true;
-    await writeAll(
-      conn,
-      encodeReply({
-        reply: Reply.SUCCEEDED,
-        address: toSocksAddress(local.host),
-        port: (target.localAddr as Deno.NetAddr).port,
-      }),
-    );
-    // 5. Relay, starting with whatever an optimistic client sent early.
-    s.phase = "relay";
-    const early = reader.takeRest();
-    if (early.length > 0) {
-      await writeAll(target, early);
-      s.bytesUp += early.length;
-    }
-    const reason = await relay(conn, target, s);
-    s.closeReason ??= reason;
   } catch (error) {
-    if (s.signal.aborted) return;
+    if (s.aborted) return end(s);
     s.closeReason ??= describeError(error);
     // Before the request is decoded there is nothing to reply to, except a
     // malformed request that the codec gave a reply code (e.g. bad ATYP -> 8).
@@ -227,24 +264,213 @@ export async function runSession(
       s.reply = code;
       await writeAll(conn, failureReply(s, code)).catch(() => {});
     }
-  } finally {
-    s.abort(s.closeReason ?? "closed");
-    s.phase = "closed";
+    return end(s);
   }
+  // Returned, not awaited: this frame ends now and the relay runs on.
+  return started ? started.relaying.then(() => end(s)) : end(s);
+}
+
+/** Closes whatever is left of the session, once. */
+function end(s: Session): void {
+  s.abort(s.closeReason ?? "closed");
+  s.phase = "closed";
+}
+
+/**
+ * Starts relaying, beginning with what the client sent early. The promise
+ * settles when the relay has ended, with `s.closeReason` set; it never rejects.
+ */
+function relayTo(c: CommandCall, peer: RelayConn, client: RelayConn = c.conn): Started {
+  const s = c.s;
+  s.phase = "relay";
+  const early = c.reader.takeRest();
+  const ready = early.length === 0 ? Promise.resolve() : writeAll(peer, early).then(() => {
+    s.bytesUp += early.length;
+  });
+  const relaying = ready
+    .then(() => relay(client, peer, s, (why) => s.abort(why)))
+    .then((reason) => {
+      s.closeReason ??= reason;
+    }, (error) => {
+      s.closeReason ??= describeError(error);
+    });
+  return { relaying };
+}
+
+function netAddr(addr: Deno.Addr): { host: string; family: Family; port: number } {
+  const a = addr as Deno.NetAddr;
+  const ip = normalizeIp(a.hostname)!;
+  return { host: ip.host, family: ip.family, port: a.port };
+}
+
+async function connectCommand(c: CommandCall): Promise<Started> {
+  const { s, ctx, request } = c;
+  const started = performance.now();
+  const target = await connectTarget(request, s, ctx);
+  s.own(target);
+  observe(ctx.stats.connectSeconds, (performance.now() - started) / 1000);
+  const local = netAddr(target.localAddr);
+  const remote = netAddr(target.remoteAddr);
+  s.localAddress = local.host;
+  s.resolved = s.route ? `via ${s.route}` : joinHostPort(remote.host, remote.port);
+  s.type = relayType(s.clientFamily, remote.family);
+  await c.succeed(local.host, local.port);
+  return relayTo(c, target);
+}
+
+async function bindCommand(c: CommandCall): Promise<Started> {
+  const { s, ctx, request, conn } = c;
+  const [peer] = await destinationAddresses(request.address.host, request.port, "bind", s, ctx);
+  const listener = bindListen({
+    peer,
+    controlLocal: netAddr(conn.localAddr),
+    outbound: ctx.outbound,
+    towardPeer: ctx.localAddressToward?.(peer.address),
+  });
+  s.own(listener);
+  const bound = netAddr(listener.addr);
+  await c.succeed(bound.host, bound.port);
+  // Watch the control connection: a client that gives up ends the wait.
+  const client = new PrefetchedConn(conn);
+  let incoming: Deno.TcpConn;
+  try {
+    incoming = await acceptPeer(listener, request, {
+      peer,
+      strictPeer: ctx.bind?.strictPeer ?? true,
+      signal: AbortSignal.any([AbortSignal.timeout(ctx.bind?.acceptTimeout ?? 60_000), s.signal]),
+      clientGone: client.first,
+    });
+  } catch (error) {
+    // The first reply succeeded; the second one carries the failure.
+    s.reply = replyFor(error);
+    if (!s.aborted) await writeAll(conn, failureReply(s, s.reply)).catch(() => {});
+    throw error;
+  }
+  s.own(incoming);
+  const from = netAddr(incoming.remoteAddr);
+  s.resolved = joinHostPort(from.host, from.port);
+  s.type = relayType(s.clientFamily, from.family);
+  await writeAll(conn, addressReply(from.host, from.port));
+  return relayTo(c, incoming, client);
+}
+
+async function udpCommand(c: CommandCall): Promise<Started> {
+  const { s, ctx, request, conn } = c;
+  const local = netAddr(conn.localAddr);
+  // DST.ADDR/DST.PORT name the client's expected source, never a destination.
+  const expected = normalizeIp(request.address.host);
+  const port = expected && expected.host !== "0.0.0.0" && expected.host !== "::" ? request.port : 0;
+  const socket = await bindUdp(local.family, local.host, ctx.udp?.portRange);
+  const association = new Association(
+    socket,
+    { host: s.client.hostname, port },
+    { outbound: ctx.outbound, nameCacheTtl: ctx.udp?.nameCacheTtl },
+    {
+      resolve: (name, p) => destinationAddresses(name, p, "udp", s, ctx),
+      allowed: async (host, p, family) =>
+        allowedFamilies(ctx.family).includes(family) &&
+        (!ctx.rules || (await decide(ctx, s, "udp", host, p)).action === "allow"),
+      onDatagram(up, bytes, family) {
+        s.active = true;
+        s.type ??= relayType(s.clientFamily, family);
+        if (up) {
+          s.bytesUp += bytes;
+          s.datagramsUp++;
+          ctx.stats.udp.fromClients++;
+        } else {
+          s.bytesDown += bytes;
+          s.datagramsDown++;
+          ctx.stats.udp.toClients++;
+        }
+      },
+      onDrop: () => ctx.stats.udp.dropped++,
+    },
+  );
+  s.own(association);
+  const advertised = (local.family === 4 ? ctx.udp?.advertise?.ipv4 : ctx.udp?.advertise?.ipv6) ??
+    local.host;
+  await c.succeed(advertised, socket.address().port);
+  s.phase = "relay";
+  // The association lives as long as its TCP control connection.
+  const relaying = (async () => {
+    const buf = new Uint8Array(64);
+    while ((await conn.read(buf).catch(() => null)) !== null) { /* nothing to read */ }
+    s.closeReason ??= `control connection closed; ${association.counters.up} datagrams up, ` +
+      `${association.counters.down} down, ${association.counters.dropped} dropped`;
+  })();
+  return { relaying };
 }
 
 function decide(
   ctx: SessionContext,
   s: Session,
+  command: RuleCommand,
   host: string,
   port: number,
 ): RuleDecision | Promise<RuleDecision> {
   return ctx.rules!({
     client: { host: s.client.hostname, port: s.client.port },
     user: s.user,
-    command: "connect",
+    command,
     destination: { host, port },
   });
+}
+
+/**
+ * The addresses a requested destination stands for, in Happy Eyeballs order:
+ * rules checked on the name and on each address, the family policy applied,
+ * names resolved by the gateway, IP literals (also in a DOMAINNAME, RFC 3089
+ * section 3) used as they are.
+ */
+async function destinationAddresses(
+  host: string,
+  port: number,
+  command: RuleCommand,
+  s: Session,
+  ctx: SessionContext,
+  signal: AbortSignal = s.signal,
+): Promise<ResolvedAddress[]> {
+  const literal = normalizeIp(host);
+  // Rules see the requested name first; a name that only the default denies
+  // may still be allowed by an address rule, so it is resolved before refusing.
+  const byName = ctx.rules ? await decide(ctx, s, command, host, port) : undefined;
+  if (byName?.action === "deny" && (literal || byName.rule !== undefined)) {
+    throw new GatewayError(Reply.NOT_ALLOWED, `${host}:${port} not allowed by ruleset`);
+  }
+  const families = allowedFamilies(ctx.family);
+  if (literal) {
+    if (!families.includes(literal.family)) {
+      throw new GatewayError(
+        Reply.ADDRESS_TYPE_NOT_SUPPORTED,
+        `IPv${literal.family} destinations are disabled by family policy ${ctx.family}`,
+      );
+    }
+    return [{ address: literal.host, family: literal.family }];
+  }
+  ctx.stats.dnsLookups++;
+  const found = await ctx.resolver(host, { signal, families }).catch((error) => {
+    ctx.stats.dnsFailures++;
+    throw error;
+  });
+  let addresses = orderAddresses(found, ctx.family);
+  if (addresses.length === 0) {
+    throw new ResolveError(host, `no address of a family allowed by policy ${ctx.family}`);
+  }
+  if (byName) {
+    const allowed = [];
+    for (const a of addresses) {
+      const byAddress = await decide(ctx, s, command, a.address, port);
+      if (combineDecisions(byName, byAddress).action === "allow") allowed.push(a);
+    }
+    if (allowed.length === 0) {
+      throw new GatewayError(
+        Reply.NOT_ALLOWED,
+        `${host} resolves only to addresses not allowed by ruleset`,
+      );
+    }
+    addresses = allowed;
+  }
+  return addresses;
 }
 
 async function connectTarget(
@@ -254,52 +480,31 @@ async function connectTarget(
 ): Promise<RelayConn> {
   const { host } = request.address;
   const { port } = request;
-  const literal = normalizeIp(host);
-  // Rules see the requested name first; a name that only the default denies
-  // may still be allowed by an address rule, so it is resolved before refusing.
-  const byName = ctx.rules ? await decide(ctx, s, host, port) : undefined;
-  if (byName?.action === "deny" && (literal || byName.rule !== undefined)) {
-    throw new GatewayError(Reply.NOT_ALLOWED, `${host}:${port} not allowed by ruleset`);
-  }
-  const families = allowedFamilies(ctx.family);
-  const timeout = AbortSignal.timeout(ctx.connectTimeout);
-  const signal = AbortSignal.any([timeout, s.signal]);
-  let addresses: ResolvedAddress[];
+  // One controller for the whole connect: the deadline and the session's end abort it.
+  const controller = new AbortController();
+  const { signal } = controller;
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    controller.abort(new ConnectTimeoutError(`${host}:${port}`, ctx.connectTimeout));
+  }, ctx.connectTimeout);
+  s.pending = controller;
   try {
-    if (literal) {
-      // A DOMAINNAME that is an IP literal is used as is (RFC 3089 section 3).
-      if (!families.includes(literal.family)) {
-        throw new GatewayError(
-          Reply.ADDRESS_TYPE_NOT_SUPPORTED,
-          `IPv${literal.family} destinations are disabled by family policy ${ctx.family}`,
-        );
+    const chain = ctx.routes?.({
+      client: { host: s.client.hostname, port: s.client.port },
+      user: s.user,
+      command: "connect",
+      destination: { host, port },
+    });
+    if (chain) {
+      // Routed: the rules see the name; the last upstream gateway resolves it.
+      if (ctx.rules && (await decide(ctx, s, "connect", host, port)).action === "deny") {
+        throw new GatewayError(Reply.NOT_ALLOWED, `${host}:${port} not allowed by ruleset`);
       }
-      addresses = [{ address: literal.host, family: literal.family }];
-    } else {
-      ctx.stats.dnsLookups++;
-      const found = await ctx.resolver(host, { signal, families }).catch((error) => {
-        ctx.stats.dnsFailures++;
-        throw error;
-      });
-      addresses = orderAddresses(found, ctx.family);
-      if (addresses.length === 0) {
-        throw new ResolveError(host, `no address of a family allowed by policy ${ctx.family}`);
-      }
-      if (byName) {
-        const allowed = [];
-        for (const a of addresses) {
-          const byAddress = await decide(ctx, s, a.address, port);
-          if (combineDecisions(byName, byAddress).action === "allow") allowed.push(a);
-        }
-        if (allowed.length === 0) {
-          throw new GatewayError(
-            Reply.NOT_ALLOWED,
-            `${host} resolves only to addresses not allowed by ruleset`,
-          );
-        }
-        addresses = allowed;
-      }
+      s.route = describeChain(chain);
+      return await connectVia(host, port, { via: chain, signal });
     }
+    const addresses = await destinationAddresses(host, port, "connect", s, ctx, signal);
     return await happyEyeballs(addresses, port, {
       dial: ctx.dialer,
       delay: ctx.happyEyeballsDelay,
@@ -307,9 +512,12 @@ async function connectTarget(
       localAddress: ctx.outbound,
     });
   } catch (error) {
-    if (timeout.aborted && !s.signal.aborted) {
+    if (timedOut && !s.aborted) {
       throw new ConnectTimeoutError(`${host}:${port}`, ctx.connectTimeout);
     }
     throw error;
+  } finally {
+    clearTimeout(timer);
+    s.pending = undefined;
   }
 }

@@ -1,0 +1,190 @@
+/**
+ * The BIND command (RFC 1928 section 4, RFC 3089 section 5.1): listen in
+ * the family that faces the expected peer, tell the client where, accept
+ * exactly one connection from that peer, tell the client who came, relay.
+ *
+ * @module
+ */
+
+import { type Family, joinHostPort, normalizeIp } from "../protocol/address.ts";
+import { encodeReply, type SocksRequest, toSocksAddress } from "../protocol/codec.ts";
+import { Reply } from "../protocol/constants.ts";
+import type { RelayConn } from "./dialer.ts";
+import { GatewayError } from "./errors.ts";
+import type { ResolvedAddress } from "./resolver.ts";
+
+/** Options of the BIND command. */
+export interface BindServerOptions {
+  /** How long to wait for the peer, in ms. Default 60 s. */
+  acceptTimeout?: number;
+  /**
+   * Accept the peer only from the address the request named (when it named
+   * one). Default `true`; `false` accepts the first peer from anywhere.
+   */
+  strictPeer?: boolean;
+}
+
+/**
+ * A connection whose first read was started early (to notice a client that
+ * gives up while BIND waits for its peer) and is handed to the relay as if
+ * it had not been.
+ */
+export class PrefetchedConn implements RelayConn {
+  #conn: RelayConn;
+  #buf: Uint8Array;
+  #pending: Promise<number | null> | null;
+  #offset = 0;
+  #end = 0;
+
+  /** Starts reading `conn` at once, into a buffer of `size` bytes. */
+  constructor(conn: RelayConn, size = 16 * 1024) {
+    this.#conn = conn;
+    this.#buf = new Uint8Array(size);
+    this.#pending = conn.read(this.#buf);
+  }
+
+  /** Resolves to the first read's result: `null` means the peer closed. */
+  get first(): Promise<number | null> {
+    return this.#pending ?? Promise.resolve(this.#end);
+  }
+
+  async read(p: Uint8Array): Promise<number | null> {
+    if (this.#pending) {
+      const n = await this.#pending;
+      this.#pending = null;
+      if (n === null) return null;
+      this.#end = n;
+    }
+    if (this.#offset < this.#end) {
+      const n = Math.min(p.length, this.#end - this.#offset);
+      p.set(this.#buf.subarray(this.#offset, this.#offset + n));
+      this.#offset += n;
+      return n;
+    }
+    return await this.#conn.read(p);
+  }
+  write(p: Uint8Array): Promise<number> {
+    return this.#conn.write(p);
+  }
+  closeWrite(): Promise<void> {
+    return this.#conn.closeWrite();
+  }
+  close(): void {
+    this.#conn.close();
+  }
+  get localAddr(): Deno.Addr {
+    return this.#conn.localAddr;
+  }
+  get remoteAddr(): Deno.Addr {
+    return this.#conn.remoteAddr;
+  }
+}
+
+/** What {@linkcode bindListen} needs to pick the address to listen on. */
+export interface BindPlace {
+  /** The expected peer (`0.0.0.0` / `::` when the client does not know it). */
+  peer: ResolvedAddress;
+  /** The gateway's address on the client's control connection. */
+  controlLocal: { host: string; family: Family };
+  /** Configured outbound source addresses. */
+  outbound: { ipv4?: string; ipv6?: string };
+  /** The gateway's own address on a live relay to `peer`, if there is one. */
+  towardPeer?: string;
+}
+
+/**
+ * Chooses the address to listen on for a BIND and listens there (port 0).
+ * The family is the peer's, never the other one: a request for `0.0.0.0:0`
+ * listens on an IPv4 address. The address is, in order: the gateway's
+ * address on a live relay to that peer (what the peer already talks to, the
+ * FTP case), the configured outbound address of that family, the address the
+ * client used if it is of that family. Anything else is a clear failure.
+ */
+export function bindListen(place: BindPlace): Deno.TcpListener {
+  const family = place.peer.family;
+  const host = place.towardPeer ??
+    (family === 4 ? place.outbound.ipv4 : place.outbound.ipv6) ??
+    (place.controlLocal.family === family ? place.controlLocal.host : undefined);
+  if (!host) {
+    throw new GatewayError(
+      Reply.GENERAL_FAILURE,
+      `BIND: expected an IPv${family} address to listen on for peer ${place.peer.address}; ` +
+        `found none (no relay to that peer, no outbound.ipv${family} configured)`,
+    );
+  }
+  return Deno.listen({ hostname: host, port: 0, transport: "tcp" });
+}
+
+function isUnspecified(host: string): boolean {
+  return host === "0.0.0.0" || host === "::";
+}
+
+/**
+ * Waits for the one peer connection: from `peer.address` when strict and the
+ * request named an address, from anyone otherwise. Other peers are closed
+ * and waiting goes on. Rejects when `signal` aborts or the client closes
+ * its control connection (`clientGone` resolves to `null`).
+ */
+export async function acceptPeer(
+  listener: Deno.TcpListener,
+  request: SocksRequest,
+  options: {
+    peer: ResolvedAddress;
+    strictPeer: boolean;
+    signal: AbortSignal;
+    clientGone: Promise<number | null>;
+    onRejected?: (from: string) => void;
+  },
+): Promise<Deno.TcpConn> {
+  const { peer, strictPeer, signal } = options;
+  const closeListener = () => {
+    try {
+      listener.close();
+    } catch { /* already closed */ }
+  };
+  const onAbort = closeListener;
+  signal.addEventListener("abort", onAbort, { once: true });
+  let gone = false;
+  options.clientGone.then((n) => {
+    if (n === null) {
+      gone = true;
+      closeListener();
+    }
+  }, () => {
+    gone = true;
+    closeListener();
+  });
+  try {
+    while (true) {
+      let conn: Deno.TcpConn;
+      try {
+        conn = await listener.accept();
+      } catch (error) {
+        if (gone) throw new Error("client closed its control connection while BIND waited");
+        if (signal.aborted) {
+          throw new GatewayError(
+            Reply.HOST_UNREACHABLE,
+            `BIND: no connection from ${
+              joinHostPort(peer.address, request.port)
+            } before the accept timeout`,
+          );
+        }
+        throw error;
+      }
+      const from = normalizeIp(conn.remoteAddr.hostname)!;
+      const addressOk = !strictPeer || isUnspecified(peer.address) || from.host === peer.address;
+      const portOk = !strictPeer || request.port === 0 || conn.remoteAddr.port === request.port;
+      if (addressOk && portOk) return conn;
+      options.onRejected?.(joinHostPort(from.host, conn.remoteAddr.port));
+      conn.close();
+    }
+  } finally {
+    signal.removeEventListener("abort", onAbort);
+    closeListener();
+  }
+}
+
+/** The reply naming an address and port (first and second BIND replies). */
+export function addressReply(host: string, port: number): Uint8Array {
+  return encodeReply({ reply: Reply.SUCCEEDED, address: toSocksAddress(host), port });
+}
