@@ -25,12 +25,16 @@ import {
   ConfigError,
   DEFAULT_CONFIG,
   formatConfig,
+  type HostPort,
+  isLoopback,
   loadConfig,
   parseHostPort,
 } from "./src/config/config.ts";
+import { createAdminHandler } from "./src/admin/handler.ts";
+import { joinHostPort } from "./src/protocol/address.ts";
 import { optionsFromConfig } from "./src/config/options.ts";
 import { ListenError, serve } from "./src/server/gateway.ts";
-import { libraryLogger } from "./src/log.ts";
+import { libraryLogger, withLevel } from "./src/log.ts";
 import { forward } from "./src/client/forward.ts";
 
 const HELP = `dualsocks ${denoJson.version}: a SOCKS5 IPv6/IPv4 gateway (RFC 3089)
@@ -49,12 +53,16 @@ Options:
                             (replaces the file's listen list)
       --log-format FORMAT   text (default) or json (one JSON object per line)
       --log-level LEVEL     debug, info (default), warning or error
+      --admin HOST:PORT|off admin API and status page (default 127.0.0.1:9080);
+                            beyond loopback it needs admin.token in the file
   -h, --help                show this help
   -V, --version             show the version
 
 Without --config and --listen it listens on [::1]:1080 and 127.0.0.1:1080.
-Logs go to standard error. SIGINT or SIGTERM: stop accepting, let relays
-finish for shutdown.grace (default 10 s), then exit 0.
+Logs go to standard error. SIGINT or SIGTERM: readiness turns 503, stop
+accepting, let relays finish for shutdown.grace (default 10 s), then exit 0.
+SIGHUP (or POST /api/v1/reload): re-read the file and apply it to new
+sessions; a bad file is logged and the running configuration kept.
 `;
 
 /** Thrown for a wrong command line; printed with a pointer to --help. */
@@ -71,6 +79,7 @@ function parse(args: string[]) {
         listen: { type: "string", short: "l", multiple: true },
         "log-format": { type: "string" },
         "log-level": { type: "string" },
+        admin: { type: "string" },
         to: { type: "string" },
         via: { type: "string", multiple: true },
         help: { type: "boolean", short: "h" },
@@ -113,8 +122,31 @@ async function effectiveConfig(values: Parsed["values"], file?: string): Promise
     }
     config.log.level = level as Config["log"]["level"];
   }
+  const admin = values.admin;
+  if (admin !== undefined) {
+    if (admin === "off") {
+      config.admin.listen = null;
+    } else {
+      try {
+        config.admin.listen = parseHostPort(admin);
+      } catch (error) {
+        throw new UsageError(`--admin: ${(error as Error).message} or off`);
+      }
+    }
+  }
+  const adminAt = config.admin.listen;
+  if (adminAt && !isLoopback(adminAt.host) && config.admin.token === undefined) {
+    throw new UsageError(
+      `--admin ${
+        joinHostPort(adminAt.host, adminAt.port)
+      }: an admin API beyond loopback needs a token; expected admin.token in the config file, found none`,
+    );
+  }
   return config;
 }
+
+const sameHostPort = (a: HostPort | null, b: HostPort | null) =>
+  a === b || (a !== null && b !== null && a.host === b.host && a.port === b.port);
 
 async function setUpLogging(config: Config): Promise<void> {
   const formatter = config.log.format === "json"
@@ -132,15 +164,100 @@ async function setUpLogging(config: Config): Promise<void> {
   });
 }
 
-async function runGateway(config: Config): Promise<number> {
-  await setUpLogging(config);
+/** Serves the admin API, or logs why it cannot and returns null: the gateway runs on without it. */
+function serveAdmin(
+  config: Config,
+  handler: (req: Request) => Promise<Response>,
+  log: ReturnType<typeof libraryLogger>,
+): Deno.HttpServer<Deno.NetAddr> | null {
+  const listen = config.admin.listen;
+  if (!listen) return null;
+  try {
+    const server = Deno.serve({ hostname: listen.host, port: listen.port, onListen() {} }, handler);
+    log.info("admin API on http://{addr}/", {
+      addr: joinHostPort(server.addr.hostname, server.addr.port),
+    });
+    return server;
+  } catch (error) {
+    log.error("cannot listen for the admin API on {addr}: {reason}; running without it", {
+      addr: joinHostPort(listen.host, listen.port),
+      reason: error instanceof Deno.errors.AddrInUse
+        ? "address already in use"
+        : (error as Error).message,
+    });
+    return null;
+  }
+}
+
+async function runGateway(
+  values: Parsed["values"],
+  file: string | undefined,
+  initial: Config,
+): Promise<number> {
+  await setUpLogging(initial);
   const log = libraryLogger("main");
-  const gateway = serve(optionsFromConfig(config));
+  let config = initial;
+  const gateway = serve({
+    ...optionsFromConfig(config),
+    logger: withLevel(libraryLogger("gateway"), config.log.level),
+  });
+
+  // Reloads run one at a time: the file again, with the same command line overrides.
+  let queue: Promise<void> = Promise.resolve();
+  const reload = (source: string): Promise<void> => {
+    const run = queue.then(async () => {
+      const next = await effectiveConfig(values, file);
+      if (!sameHostPort(next.admin.listen, config.admin.listen)) {
+        log.warn("{source}: admin.listen changed; restart to apply it", { source });
+        next.admin.listen = config.admin.listen;
+      }
+      const adminAt = next.admin.listen;
+      if (adminAt && !isLoopback(adminAt.host) && next.admin.token === undefined) {
+        throw new ConfigError({
+          file: file ?? "(command line)",
+          path: "admin.token",
+          expected: "a token",
+          found: "nothing",
+          message: `admin.token: expected a token while the admin API listens on ${
+            joinHostPort(adminAt.host, adminAt.port)
+          } (not loopback), found none`,
+        });
+      }
+      await gateway.reload(optionsFromConfig(next));
+      if (JSON.stringify(next.log) !== JSON.stringify(config.log)) {
+        log.warn("{source}: log settings changed; restart to apply them", { source });
+        next.log = config.log;
+      }
+      config = next;
+    }).then(
+      () => log.info("{source}: reloaded {file}", { source, file: file ?? "the command line" }),
+      (error) => {
+        log.error("{source}: reload failed, keeping the running configuration: {error}", {
+          source,
+          error: (error as Error).message,
+        });
+        throw error;
+      },
+    );
+    queue = run.catch(() => {});
+    return run;
+  };
+
+  const admin = serveAdmin(
+    config,
+    createAdminHandler(gateway, {
+      token: () => config.admin.token,
+      config: () => config,
+      reload: () => reload("POST /api/v1/reload"),
+    }),
+    log,
+  );
+
   let signals = 0;
   const onSignal = (signal: Deno.Signal) => {
     signals++;
     if (signals === 1) {
-      log.info("{signal}: shutting down, grace {grace} ms", {
+      log.info("{signal}: shutting down, readiness 503, grace {grace} ms", {
         signal,
         grace: config.shutdown.grace,
       });
@@ -151,8 +268,17 @@ async function runGateway(config: Config): Promise<number> {
     }
   };
   const remove = onStopSignals(onSignal);
+  const onHangUp = () => void reload("SIGHUP").catch(() => {/* logged */});
+  if (Deno.build.os !== "windows") Deno.addSignalListener("SIGHUP", onHangUp);
   await gateway.finished;
   remove();
+  if (Deno.build.os !== "windows") Deno.removeSignalListener("SIGHUP", onHangUp);
+  if (admin) {
+    // The admin API answered (readiness 503) during the grace period; now it goes too.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([admin.shutdown(), new Promise((r) => (timer = setTimeout(r, 2000)))]);
+    clearTimeout(timer);
+  }
   log.info("stopped");
   await dispose(); // flush the log sink before the process exits
   return 0;
@@ -249,7 +375,7 @@ export async function main(args: string[]): Promise<number> {
     if (command !== "serve" || rest.length > 0) {
       throw new UsageError(`unknown command "${positionals.join(" ")}"`);
     }
-    return await runGateway(await effectiveConfig(values, values.config));
+    return await runGateway(values, values.config, await effectiveConfig(values, values.config));
   } catch (error) {
     if (error instanceof UsageError) {
       console.error(`dualsocks: ${error.message}\nRun "dualsocks --help" for usage.`);

@@ -57,6 +57,9 @@ export {
   type RelayConn,
 } from "./src/server/dialer.ts";
 export type { RelayType, RulesHook } from "./src/server/session.ts";
+export { compileRoutes, type RouteConfig, type RouteTable } from "./src/server/routes.ts";
+export type { BindServerOptions } from "./src/server/bind.ts";
+export type { UdpServerOptions } from "./src/server/udp.ts";
 export type { CommandName, GatewayStats, Histogram } from "./src/server/stats.ts";
 export { ConnectTimeoutError, GatewayError, ResolveError } from "./src/server/errors.ts";
 export { type Authenticator, type AuthInfo, staticUsers, type User } from "./src/policy/auth.ts";
@@ -86,3 +89,16 @@ export { optionsFromConfig } from "./src/config/options.ts";
 // The Socks Lib: the client half of RFC 3089 (connect, chains, fake-IP
 // name delegation, socksify, forward, BIND and UDP ASSOCIATE).
 export * from "./src/client/mod.ts";
+export { type ConfigDocument, configDocument, isLoopback } from "./src/config/config.ts";
+export {
+  type AdminHandler,
+  type AdminHandlerOptions,
+  createAdminHandler,
+} from "./src/admin/handler.ts";
+export {
+  type GatewaySnapshot,
+  gatewaySnapshot,
+  METRICS_CONTENT_TYPE,
+  renderMetrics,
+  type TypeSnapshot,
+} from "./src/admin/metrics.ts";

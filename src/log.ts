@@ -25,3 +25,28 @@ export interface GatewayLogger {
 export function libraryLogger(...sub: string[]): GatewayLogger {
   return getLogger(["dualsocks", ...sub]);
 }
+
+const LEVELS = { debug: 0, info: 1, warning: 2, error: 3 } as const;
+const NOTHING = () => {};
+
+/**
+ * Wraps `logger` so that calls below `level` return at once, before any
+ * record is built: LogTape builds a whole record before it looks at the
+ * level, and the gateway logs once per session.
+ *
+ * @example
+ * ```ts
+ * import { libraryLogger, withLevel } from "./log.ts";
+ * const logger = withLevel(libraryLogger("gateway"), "warning");
+ * logger.info("dropped without a record");
+ * ```
+ */
+export function withLevel(logger: GatewayLogger, level: keyof typeof LEVELS): GatewayLogger {
+  const min = LEVELS[level];
+  return {
+    debug: min <= 0 ? logger.debug.bind(logger) : NOTHING,
+    info: min <= 1 ? logger.info.bind(logger) : NOTHING,
+    warn: min <= 2 ? logger.warn.bind(logger) : NOTHING,
+    error: logger.error.bind(logger),
+  };
+}

@@ -97,6 +97,11 @@ export interface Config {
     format: "text" | "json";
     level: "debug" | "info" | "warning" | "error";
   };
+  /**
+   * The admin HTTP API: `listen` is `null` when disabled; `token` (absent
+   * unless set) is the bearer token, required when `listen` is not loopback.
+   */
+  admin: { listen: HostPort | null; token?: string };
 }
 
 function deepFreeze<T>(value: T): T {
@@ -127,6 +132,7 @@ export const DEFAULT_CONFIG: Config = deepFreeze<Config>({
   rules: [],
   shutdown: { grace: 10_000 },
   log: { format: "text", level: "info" },
+  admin: { listen: { host: "127.0.0.1", port: 9080 } },
 });
 
 /**
@@ -564,6 +570,51 @@ const ruleList = (field: RuleListField): Check => {
   };
 };
 
+const ADMIN_LISTEN_EXPECTED = `${HOST_PORT_EXPECTED}, or off`;
+const adminListen: Check = Object.assign(
+  (w: Walk, node: Node, path: string) => {
+    if (isScalar(node) && (node.value === "off" || node.value === false)) return null;
+    const hp = isScalar(node) && typeof node.value === "string" ? tryHostPort(node.value) : null;
+    if (!hp) fail(w, node, path, ADMIN_LISTEN_EXPECTED);
+    return hp;
+  },
+  { expected: ADMIN_LISTEN_EXPECTED },
+);
+
+const TOKEN_EXPECTED = "a token of 16-4096 printable ASCII characters without spaces";
+const adminToken = scalar(
+  TOKEN_EXPECTED,
+  (v) => typeof v === "string" && /^[\x21-\x7e]{16,4096}$/.test(v) ? v : null,
+  // Never echo a secret back into logs.
+  (n) =>
+    isScalar(n) && typeof n.value === "string"
+      ? `a string of ${n.value.length} characters${
+        /^[\x21-\x7e]*$/.test(n.value) ? "" : " with spaces or non-ASCII characters"
+      }`
+      : isScalar(n)
+      ? `a ${n.value === null ? "null" : typeof n.value} value`
+      : describeNode(n),
+);
+
+/**
+ * Whether `host` (an IP literal) is a loopback address: `127.0.0.0/8` or
+ * `::1` (IPv4-mapped forms included). Anything else, the wildcard addresses
+ * `0.0.0.0` and `::` included, reaches beyond this host.
+ *
+ * @example
+ * ```ts
+ * import { isLoopback } from "./config.ts";
+ * isLoopback("127.0.0.1"); // true
+ * isLoopback("[::1]"); // true
+ * isLoopback("0.0.0.0"); // false
+ * ```
+ */
+export function isLoopback(host: string): boolean {
+  const ip = normalizeIp(host);
+  if (!ip) return false;
+  return ip.family === 4 ? ip.host.startsWith("127.") : ip.host === "::1";
+}
+
 const RULE: Check = mapping({
   action: ["action", oneOf("allow", "deny"), "required"],
   from: ["from", ruleList("from")],
@@ -636,6 +687,13 @@ const CONFIG: Check = mapping({
     mapping({
       format: ["format", oneOf("text", "json")],
       level: ["level", oneOf("debug", "info", "warning", "error")],
+    }),
+  ],
+  admin: [
+    "admin",
+    mapping({
+      listen: ["listen", adminListen],
+      token: ["token", adminToken],
     }),
   ],
 });
@@ -719,6 +777,20 @@ export function parseConfig(text: string, options: { file: string }): Config {
       );
     }
   }
+  const admin = config.admin;
+  if (admin.listen && !isLoopback(admin.listen.host) && admin.token === undefined) {
+    const section = isMap(top) ? resolve(w, top.get("admin", true), "admin") : null;
+    const listenNode = isMap(section) ? section.get("listen", true) : section;
+    const address = joinHostPort(admin.listen.host, admin.listen.port);
+    throw errorAt(
+      w,
+      listenNode ?? top,
+      "admin.token",
+      TOKEN_EXPECTED,
+      "nothing",
+      `required when admin.listen (${address}) is not a loopback address; expected ${TOKEN_EXPECTED}`,
+    );
+  }
   try {
     compileRules(config.rules); // safety net: every check above should cover it
   } catch (e) {
@@ -764,9 +836,9 @@ export async function loadConfig(path: string): Promise<Config> {
 
 /**
  * Renders a configuration as YAML with the file's snake_case keys, every
- * setting explicit, durations with units, and passwords replaced by
- * `<redacted>`. Parsing the result gives the same configuration back
- * (except for the passwords).
+ * setting explicit, durations with units, passwords replaced by
+ * `<redacted>` and the admin token by `<redacted-token>`. Parsing the result
+ * gives the same configuration back (except for those secrets).
  *
  * @example
  * ```ts
@@ -775,8 +847,28 @@ export async function loadConfig(path: string): Promise<Config> {
  * ```
  */
 export function formatConfig(config: Config): string {
+  return `# dualsocks effective configuration (passwords and token redacted)\n${
+    stringify(configDocument(config), { lineWidth: 0 })
+  }`;
+}
+
+/**
+ * A configuration as the file would write it: snake_case keys, every
+ * setting explicit, durations with units, and secrets replaced (passwords by
+ * `<redacted>`, the admin token by `<redacted-token>`, which still parses as
+ * a token). Plain data: serialize it as YAML (that is
+ * {@linkcode formatConfig}) or JSON (which YAML also reads).
+ *
+ * @example
+ * ```ts
+ * import { configDocument, DEFAULT_CONFIG } from "./config.ts";
+ * const doc = configDocument(DEFAULT_CONFIG);
+ * doc.timeouts; // { handshake: "10s", connect: "10s", idle: "5m" }
+ * ```
+ */
+export function configDocument(config: Config): ConfigDocument {
   const hp = (list: HostPort[]) => list.map((h) => joinHostPort(h.host, h.port));
-  const doc = {
+  return {
     listen: hp(config.listen),
     users: config.users.map((u) => ({
       username: u.username,
@@ -797,8 +889,45 @@ export function formatConfig(config: Config): string {
     rules: config.rules.map((r) => ({ ...r })),
     shutdown: { grace: formatDuration(config.shutdown.grace) },
     log: { ...config.log },
+    admin: {
+      listen: config.admin.listen
+        ? joinHostPort(config.admin.listen.host, config.admin.listen.port)
+        : "off",
+      ...(config.admin.token === undefined ? {} : { token: "<redacted-token>" }),
+    },
   };
-  return `# dualsocks effective configuration (passwords redacted)\n${
-    stringify(doc, { lineWidth: 0 })
-  }`;
+}
+
+/**
+ * The shape {@linkcode configDocument} returns: the file's keys and value
+ * formats.
+ *
+ * @example
+ * ```ts
+ * import { configDocument, type ConfigDocument, DEFAULT_CONFIG } from "./config.ts";
+ * const doc: ConfigDocument = configDocument(DEFAULT_CONFIG);
+ * doc.admin.listen; // "127.0.0.1:9080"
+ * ```
+ */
+export interface ConfigDocument {
+  /** `HOST:PORT` strings. */
+  listen: string[];
+  /** Users, passwords redacted. */
+  users: { username: string; password: string }[];
+  /** Name resolution. */
+  resolver: { family: FamilyPolicy; nameservers: string[]; happy_eyeballs_delay: string };
+  /** Source addresses. */
+  outbound: { ipv4?: string; ipv6?: string };
+  /** Durations with units. */
+  timeouts: { handshake: string; connect: string; idle: string };
+  /** Resource limits. */
+  limits: { max_sessions: number };
+  /** Access rules. */
+  rules: RuleConfig[];
+  /** Shutdown grace period. */
+  shutdown: { grace: string };
+  /** Logging. */
+  log: Config["log"];
+  /** The admin API: `"off"` or `HOST:PORT`; the token redacted. */
+  admin: { listen: string; token?: string };
 }

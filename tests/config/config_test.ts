@@ -1,9 +1,11 @@
 import assert from "node:assert/strict";
 import {
   type Config,
+  configDocument,
   ConfigError,
   DEFAULT_CONFIG,
   formatConfig,
+  isLoopback,
   loadConfig,
   parseConfig,
   parseDuration,
@@ -70,6 +72,7 @@ Deno.test("DEFAULT_CONFIG has the documented values", () => {
     rules: [],
     shutdown: { grace: 10_000 },
     log: { format: "text", level: "info" },
+    admin: { listen: { host: "127.0.0.1", port: 9080 } },
   });
 });
 
@@ -144,6 +147,9 @@ shutdown:
 log:
   format: json
   level: debug
+admin:
+  listen: "[::]:9081"
+  token: correct-horse-battery-staple
 `;
 
 Deno.test("every key is parsed and normalized", () => {
@@ -185,6 +191,7 @@ Deno.test("every key is parsed and normalized", () => {
     ],
     shutdown: { grace: 0 },
     log: { format: "json", level: "debug" },
+    admin: { listen: { host: "::", port: 9081 }, token: "correct-horse-battery-staple" },
   });
 });
 
@@ -738,6 +745,8 @@ Deno.test("formatConfig round-trips every setting and redacts passwords", () => 
   assert.ok(!text.includes("secret"), text);
   assert.ok(!text.includes("pass word"), text);
   assert.match(text, /password: <redacted>/);
+  assert.ok(!text.includes("correct-horse"), text);
+  assert.match(text, /token: <redacted-token>/);
   assert.match(text, /happy_eyeballs_delay: 300ms/);
   assert.match(text, /max_sessions: 10/);
   const back = parse(text);
@@ -745,7 +754,9 @@ Deno.test("formatConfig round-trips every setting and redacts passwords", () => 
     back.users.map((u) => u.password),
     ["<redacted>", "<redacted>"],
   );
+  assert.equal(back.admin.token, "<redacted-token>");
   back.users = config.users;
+  back.admin.token = config.admin.token;
   assert.deepEqual(back, config);
 });
 
@@ -910,4 +921,92 @@ Deno.test("parseDuration returns null for non-durations", () => {
   ) {
     assert.equal(parseDuration(bad), null, String(bad));
   }
+});
+
+// --- admin ----------------------------------------------------------------------
+
+Deno.test("admin: listen address, off, and token", () => {
+  assert.deepEqual(parse("admin:\n  listen: 127.0.0.1:0\n").admin, {
+    listen: { host: "127.0.0.1", port: 0 },
+  });
+  assert.deepEqual(parse('admin: {listen: "[::1]:9090"}').admin, {
+    listen: { host: "::1", port: 9090 },
+  });
+  assert.equal(parse("admin: {listen: off}").admin.listen, null);
+  assert.equal(parse("admin: {listen: false}").admin.listen, null);
+  // No value means the default, as everywhere in the file.
+  assert.deepEqual(parse("admin: {listen: ~}").admin, DEFAULT_CONFIG.admin);
+  const token = "0123456789abcdef";
+  assert.equal(parse(`admin: {token: ${token}}`).admin.token, token);
+  assert.equal(formatConfig(parse("admin: {listen: off}")).includes("listen: off"), true);
+  assert.equal(parse(formatConfig(parse("admin: {listen: off}"))).admin.listen, null);
+});
+
+Deno.test("error: admin listen and token", () => {
+  assertConfigError("admin:\n  listen: ::1:9080\n", {
+    path: "admin.listen",
+    line: 2,
+    column: 11,
+    expected: "HOST:PORT with an IP literal host (IPv6 in brackets), or off",
+    found: '"::1:9080"',
+  });
+  assertConfigError("admin: {listen: on}", { path: "admin.listen", found: '"on"' });
+  const short = assertConfigError("admin: {token: hunter2}", {
+    path: "admin.token",
+    line: 1,
+    column: 16,
+    expected: "a token of 16-4096 printable ASCII characters without spaces",
+    found: "a string of 7 characters",
+  });
+  assert.ok(!short.message.includes("hunter2"), short.message);
+  const spaced = assertConfigError('admin: {token: "correct horse battery staple"}', {
+    path: "admin.token",
+    found: "a string of 28 characters with spaces or non-ASCII characters",
+  });
+  assert.ok(!spaced.message.includes("horse"), spaced.message);
+  assertConfigError("admin: {token: 12345678901234567890}", {
+    path: "admin.token",
+    found: "a number value",
+  });
+});
+
+Deno.test("error: an admin listener beyond loopback needs a token", () => {
+  for (const listen of ["0.0.0.0:9080", '"[::]:9080"', "192.0.2.1:9080", '"[2001:db8::1]:1"']) {
+    const e = assertConfigError(`log: {level: info}\nadmin:\n  listen: ${listen}\n`, {
+      path: "admin.token",
+      line: 3,
+      column: 11,
+      expected: "a token of 16-4096 printable ASCII characters without spaces",
+      found: "nothing",
+    });
+    assert.match(e.message, /required when admin\.listen \(.+\) is not a loopback address/);
+  }
+  const ok = parse('admin:\n  listen: "[::]:9080"\n  token: 0123456789abcdef0123\n');
+  assert.equal(ok.admin.token, "0123456789abcdef0123");
+  for (const listen of ["127.0.0.2:1", '"[::1]:1"', '"[::ffff:127.0.0.1]:1"']) {
+    assert.equal(parse(`admin: {listen: ${listen}}`).admin.token, undefined, listen);
+  }
+});
+
+Deno.test("isLoopback", () => {
+  for (const h of ["127.0.0.1", "127.255.0.9", "::1", "[::1]", "::ffff:127.0.0.1"]) {
+    assert.ok(isLoopback(h), h);
+  }
+  for (const h of ["0.0.0.0", "::", "192.0.2.1", "2001:db8::1", "::2", "localhost", ""]) {
+    assert.ok(!isLoopback(h), h);
+  }
+});
+
+Deno.test("configDocument is plain data that reads back, secrets redacted", () => {
+  const config = parse(FULL);
+  const doc = configDocument(config);
+  const json = JSON.stringify(doc);
+  assert.ok(!json.includes("secret") && !json.includes("correct-horse"), json);
+  assert.equal(doc.admin.listen, "[::]:9081");
+  assert.equal(doc.timeouts.idle, "1h");
+  // JSON is YAML: the document parses back to the same configuration.
+  const back = parse(json);
+  back.users = config.users;
+  back.admin.token = config.admin.token;
+  assert.deepEqual(back, config);
 });
