@@ -41,6 +41,8 @@ import {
 } from "../policy/rules.ts";
 
 import type { FamilyPolicy } from "../server/resolver.ts";
+import type { RouteConfig } from "../server/routes.ts";
+import { parseGateway } from "../client/address.ts";
 export type { FamilyPolicy };
 
 /**
@@ -102,6 +104,19 @@ export interface Config {
    * unless set) is the bearer token, required when `listen` is not loopback.
    */
   admin: { listen: HostPort | null; token?: string };
+  /** Gateway-side chaining: destinations routed through upstream gateways. */
+  routes: RouteConfig[];
+  /** BIND: how long to wait for the peer (ms), and whether only the named peer may connect. */
+  bind: { acceptTimeout: number; strictPeer: boolean };
+  /**
+   * UDP ASSOCIATE: addresses to advertise instead of the relay's own (NAT),
+   * the relay port range, and how long resolved names are reused (ms).
+   */
+  udp: {
+    advertise: { ipv4?: string; ipv6?: string };
+    portRange?: [number, number];
+    nameCacheTtl: number;
+  };
 }
 
 function deepFreeze<T>(value: T): T {
@@ -133,6 +148,9 @@ export const DEFAULT_CONFIG: Config = deepFreeze<Config>({
   shutdown: { grace: 10_000 },
   log: { format: "text", level: "info" },
   admin: { listen: { host: "127.0.0.1", port: 9080 } },
+  routes: [],
+  bind: { acceptTimeout: 60_000, strictPeer: true },
+  udp: { advertise: {}, nameCacheTtl: 30_000 },
 });
 
 /**
@@ -624,6 +642,48 @@ const RULE: Check = mapping({
   users: ["users", ruleList("users")],
 });
 
+const boolean = scalar("true or false", (v) => typeof v === "boolean" ? v : null);
+
+const gatewayUrl = scalar(
+  "a gateway URL such as socks5://[user:pass@]HOST:PORT",
+  (v) => {
+    if (typeof v !== "string") return null;
+    try {
+      parseGateway(v);
+      return v;
+    } catch {
+      return null;
+    }
+  },
+  (n) =>
+    isScalar(n) && typeof n.value === "string"
+      ? JSON.stringify(redactUrl(n.value))
+      : describeNode(n),
+);
+
+/** `socks5://user:secret@host:1` -> `socks5://user:<redacted>@host:1`. */
+function redactUrl(url: string): string {
+  return url.replace(/^([a-z0-9+.-]*:\/\/[^:@/]*):[^@/]*@/i, "$1:<redacted>@");
+}
+
+const portRange = scalar(
+  'a port range "LOW-HIGH" with 1 <= LOW <= HIGH <= 65535',
+  (v) => {
+    const m = typeof v === "string" ? /^(\d{1,5})-(\d{1,5})$/.exec(v.trim()) : null;
+    if (!m) return null;
+    const [lo, hi] = [Number(m[1]), Number(m[2])];
+    return lo >= 1 && lo <= hi && hi <= 65535 ? [lo, hi] : null;
+  },
+);
+
+const ROUTE: Check = mapping({
+  to: ["to", ruleList("to")],
+  ports: ["ports", ruleList("ports")],
+  from: ["from", ruleList("from")],
+  users: ["users", ruleList("users")],
+  via: ["via", list(gatewayUrl, "gateway URLs", { nonEmpty: true }), "required"],
+});
+
 const hostPortKey = (v: unknown) => {
   const hp = v as HostPort;
   return hp.port === 0 ? null : joinHostPort(hp.host, hp.port);
@@ -694,6 +754,25 @@ const CONFIG: Check = mapping({
     mapping({
       listen: ["listen", adminListen],
       token: ["token", adminToken],
+    }),
+  ],
+  routes: ["routes", list(ROUTE, "routes (mappings with via)")],
+  bind: [
+    "bind",
+    mapping({
+      accept_timeout: ["acceptTimeout", duration(true)],
+      strict_peer: ["strictPeer", boolean],
+    }),
+  ],
+  udp: [
+    "udp",
+    mapping({
+      advertise: [
+        "advertise",
+        mapping({ ipv4: ["ipv4", ipLiteral(4)], ipv6: ["ipv6", ipLiteral(6)] }),
+      ],
+      port_range: ["portRange", portRange],
+      name_cache_ttl: ["nameCacheTtl", duration(false)],
     }),
   ],
 });
@@ -895,6 +974,16 @@ export function configDocument(config: Config): ConfigDocument {
         : "off",
       ...(config.admin.token === undefined ? {} : { token: "<redacted-token>" }),
     },
+    routes: config.routes.map((r) => ({ ...r, via: r.via.map(redactUrl) })),
+    bind: {
+      accept_timeout: formatDuration(config.bind.acceptTimeout),
+      strict_peer: config.bind.strictPeer,
+    },
+    udp: {
+      advertise: { ...config.udp.advertise },
+      ...(config.udp.portRange ? { port_range: config.udp.portRange.join("-") } : {}),
+      name_cache_ttl: formatDuration(config.udp.nameCacheTtl),
+    },
   };
 }
 
@@ -930,4 +1019,10 @@ export interface ConfigDocument {
   log: Config["log"];
   /** The admin API: `"off"` or `HOST:PORT`; the token redacted. */
   admin: { listen: string; token?: string };
+  /** Routes, with passwords in gateway URLs redacted. */
+  routes: RouteConfig[];
+  /** BIND settings. */
+  bind: { accept_timeout: string; strict_peer: boolean };
+  /** UDP ASSOCIATE settings. */
+  udp: { advertise: { ipv4?: string; ipv6?: string }; port_range?: string; name_cache_ttl: string };
 }

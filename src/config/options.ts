@@ -29,5 +29,8 @@ export function optionsFromConfig(config: Config): ServeOptions {
     rules: config.rules,
     timeouts: config.timeouts,
     maxSessions: config.limits.maxSessions,
+    routes: config.routes,
+    bind: config.bind,
+    udp: config.udp,
   };
 }

@@ -73,6 +73,9 @@ Deno.test("DEFAULT_CONFIG has the documented values", () => {
     shutdown: { grace: 10_000 },
     log: { format: "text", level: "info" },
     admin: { listen: { host: "127.0.0.1", port: 9080 } },
+    routes: [],
+    bind: { acceptTimeout: 60_000, strictPeer: true },
+    udp: { advertise: {}, nameCacheTtl: 30_000 },
   });
 });
 
@@ -192,6 +195,9 @@ Deno.test("every key is parsed and normalized", () => {
     shutdown: { grace: 0 },
     log: { format: "json", level: "debug" },
     admin: { listen: { host: "::", port: 9081 }, token: "correct-horse-battery-staple" },
+    routes: [],
+    bind: { acceptTimeout: 60_000, strictPeer: true },
+    udp: { advertise: {}, nameCacheTtl: 30_000 },
   });
 });
 
@@ -1009,4 +1015,74 @@ Deno.test("configDocument is plain data that reads back, secrets redacted", () =
   back.users = config.users;
   back.admin.token = config.admin.token;
   assert.deepEqual(back, config);
+});
+
+Deno.test("routes, bind and udp: parsed, defaulted, redacted and round-tripped", () => {
+  const c = parse(`routes:
+  - to: [".corp.test", "198.51.100.0/24"]
+    ports: [443]
+    via: ["socks5://[2001:db8::7]:1080", "socks5://bob:s3cret@192.0.2.8:1080"]
+bind:
+  accept_timeout: 30s
+  strict_peer: false
+udp:
+  advertise:
+    ipv4: 203.0.113.5
+  port_range: "40000-40100"
+  name_cache_ttl: 10s
+`);
+  assert.deepEqual(c.routes, [{
+    to: [".corp.test", "198.51.100.0/24"],
+    ports: [443],
+    via: ["socks5://[2001:db8::7]:1080", "socks5://bob:s3cret@192.0.2.8:1080"],
+  }]);
+  assert.deepEqual(c.bind, { acceptTimeout: 30_000, strictPeer: false });
+  assert.deepEqual(c.udp, {
+    advertise: { ipv4: "203.0.113.5" },
+    portRange: [40000, 40100],
+    nameCacheTtl: 10_000,
+  });
+  const text = formatConfig(c);
+  assert.doesNotMatch(text, /s3cret/);
+  const again = parse(text);
+  assert.deepEqual({ ...again, routes: [] }, { ...c, routes: [] });
+  assert.equal(again.routes[0].via[1], "socks5://bob:<redacted>@192.0.2.8:1080");
+  // Defaults.
+  assert.deepEqual(parse("{}").bind, { acceptTimeout: 60_000, strictPeer: true });
+  assert.deepEqual(parse("{}").udp, { advertise: {}, nameCacheTtl: 30_000 });
+  assert.deepEqual(parse("{}").routes, []);
+});
+
+Deno.test("routes, bind and udp: errors name the key, line and column", () => {
+  assertConfigError("routes:\n  - to: ['*']\n", {
+    path: "routes[0].via",
+    line: 2,
+    column: 5,
+    message: /required key is missing/,
+  });
+  assertConfigError("routes:\n  - via: ['http://192.0.2.1:80']\n", {
+    path: "routes[0].via[0]",
+    line: 2,
+    column: 11,
+    expected: /gateway URL/,
+  });
+  const e = assertConfigError("routes:\n  - via: ['socks5://u:hunter2@']\n", {
+    path: "routes[0].via[0]",
+  });
+  assert.doesNotMatch(e.message, /hunter2/, "a password never reaches an error message");
+  assertConfigError("udp:\n  port_range: 50000-40000\n", {
+    path: "udp.port_range",
+    line: 2,
+    column: 15,
+    expected: /LOW-HIGH/,
+  });
+  assertConfigError("udp:\n  advertise:\n    ipv6: 192.0.2.1\n", {
+    path: "udp.advertise.ipv6",
+    line: 3,
+    column: 11,
+  });
+  assertConfigError("bind:\n  strict_peer: maybe\n", {
+    path: "bind.strict_peer",
+    expected: "true or false",
+  });
 });
