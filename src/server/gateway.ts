@@ -501,32 +501,48 @@ export function serve(options: ServeOptions = {}): Gateway {
   let finishedResolve!: () => void;
   const finished = new Promise<void>((r) => (finishedResolve = r));
   let shutdownPromise: Promise<void> | null = null;
+  /** Ends the grace period early; set while it runs. */
+  let endGrace: (() => void) | null = null;
+  /** The shortest grace any shutdown call asked for. */
+  let graceLimit = Infinity;
   const waitDrained = (ms?: number) =>
     new Promise<void>((resolve) => {
       if (sessions.size === 0) return resolve();
       const timer = ms === undefined ? undefined : setTimeout(done, ms);
       function done() {
         clearTimeout(timer);
-        drained = null;
+        if (drained === done) drained = null;
+        if (endGrace === done) endGrace = null;
         resolve();
       }
       drained = done;
+      if (ms !== undefined) endGrace = done;
     });
 
   const shutdown = (opts: { grace?: number } = {}): Promise<void> => {
-    shutdownPromise ??= (async () => {
+    const grace = opts.grace ?? 10_000;
+    if (shutdownPromise) {
+      // A later call with a shorter grace (a second SIGTERM) cuts the wait short.
+      if (grace < graceLimit) {
+        graceLimit = grace;
+        const cut = endGrace;
+        if (cut) setTimeout(cut, grace);
+      }
+      return shutdownPromise;
+    }
+    graceLimit = grace;
+    shutdownPromise = (async () => {
       stopping = true;
       for (const l of listening) closeListener(l);
       await Promise.all(loops);
       for (const s of sessions.values()) if (s.phase !== "relay") s.abort("shutdown");
-      const grace = opts.grace ?? 10_000;
       if (sessions.size > 0) {
         log.info("waiting up to {grace} ms for {count} relays to finish", {
-          grace,
+          grace: graceLimit,
           count: sessions.size,
         });
       }
-      await waitDrained(grace);
+      await waitDrained(graceLimit);
       for (const s of sessions.values()) s.abort("shutdown");
       await waitDrained();
       clearInterval(sweeper);

@@ -22,6 +22,7 @@ import {
   recordingLogger,
   socksConnect,
   startServer,
+  withTimeout,
   writeAll,
 } from "../helpers.ts";
 
@@ -577,4 +578,22 @@ Deno.test("gateway: name rules admit resolved addresses; earlier address denies 
   } finally {
     await dest.close();
   }
+});
+
+Deno.test("gateway: a second shutdown with a shorter grace cuts the wait", async () => {
+  const dest = echoServer("127.0.0.1");
+  const { gw, v4, logger } = gateway();
+  const { conn } = await socksConnect(v4, "127.0.0.1", dest.addr.port);
+  const first = gw.shutdown({ grace: 600_000 });
+  await logger.waitFor((p) => p.grace === 600_000);
+  const second = gw.shutdown({ grace: 0 });
+  assert.equal(second, first, "one shutdown, whatever the number of calls");
+  assert.equal(
+    await withTimeout(conn.read(new Uint8Array(1)), 10_000, "the relay's end"),
+    null,
+    "the relay was cut",
+  );
+  conn.close();
+  await gw.finished;
+  await dest.close();
 });
