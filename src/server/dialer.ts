@@ -199,6 +199,14 @@ export function happyEyeballs(
   options: HappyEyeballsOptions,
 ): Promise<RelayConn> {
   const { dial, delay, signal, localAddress } = options;
+  if (addresses.length === 1) {
+    // One address (an IP literal, most of the time): no race to run.
+    const [a] = addresses;
+    return dial({ hostname: a.address, port, family: a.family }, {
+      signal,
+      localAddress: a.family === 4 ? localAddress?.ipv4 : localAddress?.ipv6,
+    });
+  }
   return new Promise((resolve, reject) => {
     const attempts: AbortController[] = [];
     const errors: unknown[] = [];
@@ -206,11 +214,11 @@ export function happyEyeballs(
     let running = 0;
     let done = false;
     let timer: ReturnType<typeof setTimeout> | undefined;
-    const finish = () => {
+    const finish = (winner?: AbortController) => {
       done = true;
       clearTimeout(timer);
       signal.removeEventListener("abort", onAbort);
-      for (const a of attempts) a.abort();
+      for (const a of attempts) if (a !== winner) a.abort();
     };
     const onAbort = () => {
       if (done) return;
@@ -238,7 +246,7 @@ export function happyEyeballs(
           } catch { /* already closed */ }
           return;
         }
-        finish();
+        finish(controller);
         resolve(conn);
       }, (error) => {
         running--;
