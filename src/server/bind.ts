@@ -160,7 +160,7 @@ export async function acceptPeer(
       try {
         conn = await listener.accept();
       } catch (error) {
-        if (gone) throw new Error("client closed its control connection while BIND waited");
+        if (gone) throw new ClientGoneError();
         if (signal.aborted) {
           throw new GatewayError(
             Reply.HOST_UNREACHABLE,
@@ -181,6 +181,15 @@ export async function acceptPeer(
   } finally {
     signal.removeEventListener("abort", onAbort);
     closeListener();
+  }
+}
+
+/** The client closed its control connection while BIND waited: nobody to reply to. */
+export class ClientGoneError extends Error {
+  /** Creates the error. */
+  constructor() {
+    super("client closed its control connection while BIND waited");
+    this.name = "ClientGoneError";
   }
 }
 

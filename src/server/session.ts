@@ -36,6 +36,7 @@ import {
   addressReply,
   bindListen,
   type BindServerOptions,
+  ClientGoneError,
   PrefetchedConn,
 } from "./bind.ts";
 import { Association, bindUdp, type UdpServerOptions } from "./udp.ts";
@@ -341,6 +342,7 @@ async function bindCommand(c: CommandCall): Promise<Started> {
       clientGone: client.first,
     });
   } catch (error) {
+    if (error instanceof ClientGoneError) throw error;
     // The first reply succeeded; the second one carries the failure.
     s.reply = replyFor(error);
     if (!s.aborted) await writeAll(conn, failureReply(s, s.reply)).catch(() => {});

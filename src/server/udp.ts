@@ -8,7 +8,8 @@
  * address-length constraint). So a peer that the client addressed by name is
  * answered under that same name (ATYP DOMAINNAME), as a per-association
  * mapping; a peer the client addressed by a literal is answered with that
- * literal.
+ * literal. A reply says nothing of how its request was addressed, so the
+ * mapping follows the client's latest datagram to that peer address and port.
  *
  * @module
  */
@@ -171,6 +172,8 @@ export class Association {
     } else {
       const literal = normalizeIp(address.host)!;
       target = { address: literal.host, family: literal.family };
+      // Addressed by its literal now: answer with the literal again.
+      this.#peerNames.delete(joinHostPort(target.address, port));
       if (!(await this.#hooks.allowed(target.address, port, target.family))) {
         return this.#drop(`${joinHostPort(target.address, port)} not allowed`);
       }

@@ -264,12 +264,16 @@ Deno.test("UDP ASSOCIATE (npm socks client): IPv6 client to an IPv4 destination,
     const named = SocksClient.parseUDPFrame(await client.next() as never);
     assert.equal(named.remoteHost.host, "v4only.test");
     assert.equal(dec.decode(named.data), "echo:by name");
+    // The literal again: the answer follows the latest way the peer was addressed.
+    send("127.0.0.1", "literal again");
+    const again = SocksClient.parseUDPFrame(await client.next() as never);
+    assert.equal(ip(again.remoteHost.host), "127.0.0.1");
     assert.deepEqual(gw.sessions().map((s) => s.type), ["C"]);
     info.socket.destroy();
     const closed = await logger.waitFor((p) => p.command === "udp");
-    assert.match(String(closed.reason), /2 datagrams up, 2 down, 0 dropped/);
-    assert.equal(gw.stats.udp.fromClients, 2);
-    assert.equal(gw.stats.udp.toClients, 2);
+    assert.match(String(closed.reason), /3 datagrams up, 3 down, 0 dropped/);
+    assert.equal(gw.stats.udp.fromClients, 3);
+    assert.equal(gw.stats.udp.toClients, 3);
   } finally {
     client.close();
     echo.close();
