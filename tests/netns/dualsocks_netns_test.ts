@@ -42,6 +42,14 @@ import {
   step,
   url,
 } from "./cases.ts";
+import {
+  caseBindGiveUp,
+  caseBindNoAddress,
+  caseBinds,
+  caseSocksify,
+  caseUdpDns,
+  checkUdpLabels,
+} from "./lib_cases.ts";
 
 async function support(): Promise<NetnsSupport> {
   const s = await checkNetnsSupport(["dnsmasq", "curl", "proxychains4", "getent", "deno"]);
@@ -147,6 +155,12 @@ Deno.test({
         60_000,
         () => caseProxychains(topo, gw),
       );
+      await step(
+        t,
+        "types B, C: our socksify (fake-IP name delegation), unmodified Deno.resolveDns + Deno.connect",
+        90_000,
+        () => caseSocksify(topo, gw),
+      );
       await step(t, "types A-D: 16 MiB download, sha256", 180_000, () => caseBigDownload(topo, gw));
       await step(
         t,
@@ -159,6 +173,60 @@ Deno.test({
         "dual.test (A + AAAA) follows the family policy",
         60_000,
         () => caseFamilyPolicy(topo, gws),
+      );
+      await step(
+        t,
+        "UDP ASSOCIATE type C: DNS query from the IPv6-only client to a DNS server in d4",
+        90_000,
+        async () => caseUdpDns(topo, gw, await topo.startDestinationDns()),
+      );
+      await step(
+        t,
+        "UDP ASSOCIATE: one peer addressed by literal, name, literal is answered the same way",
+        40_000,
+        async () => {
+          console.log(`  ${await checkUdpLabels(topo, gw)}`);
+        },
+      );
+      await step(
+        t,
+        "BIND without an address of the peer's family: reply 1 naming what is missing",
+        40_000,
+        async () => {
+          await caseBindNoAddress(topo, gw, "c6", "d4");
+          await caseBindNoAddress(topo, gw, "c4", "d6");
+        },
+      );
+      await step(
+        t,
+        "BIND types C, B: on the live relay's address (FTP style), peer connects, data both ways",
+        90_000,
+        () =>
+          caseBinds(topo, gw, [
+            { client: "c6", dest: "d4", type: "C", liveRelay: true, stranger: true },
+            { client: "c4", dest: "d6", type: "B", liveRelay: true, stranger: true },
+          ]),
+      );
+      await step(
+        t,
+        "BIND types C, B: on outbound.ipv4/ipv6 (no live relay); a client that gives up frees the listener",
+        90_000,
+        async () => {
+          const out = await startDualsocks(topo, {
+            port: 1085,
+            outbound: { ipv4: ADDR.gwToD4, ipv6: ADDR.gwToD6 },
+          });
+          try {
+            await caseBinds(topo, out, [
+              { client: "c6", dest: "d4", type: "C", liveRelay: false },
+              { client: "c4", dest: "d6", type: "B", liveRelay: false },
+            ]);
+            await caseBindGiveUp(topo, out, "c6", "d4");
+            await caseBindGiveUp(topo, out, "c4", "d6");
+          } finally {
+            await out.proc.stop();
+          }
+        },
       );
       await step(
         t,

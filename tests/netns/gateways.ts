@@ -43,11 +43,25 @@ export interface DualsocksOptions {
   /** Replace the permission flags entirely (default: documented + EXTRA_GATEWAY_FLAGS). */
   flags?: (cfg: string) => string[];
   readyTimeoutMs?: number;
+  /** `outbound:` source addresses (BIND listens on them when no live relay names one). */
+  outbound?: { ipv4?: string; ipv6?: string };
 }
 
-export function dualsocksConfig(port: number, family: FamilyPolicy): string {
+export function dualsocksConfig(
+  port: number,
+  family: FamilyPolicy,
+  outbound?: { ipv4?: string; ipv6?: string },
+): string {
+  const out = outbound
+    ? [
+      "outbound:",
+      ...(outbound.ipv4 ? [`  ipv4: ${outbound.ipv4}`] : []),
+      ...(outbound.ipv6 ? [`  ipv6: "${outbound.ipv6}"`] : []),
+    ]
+    : [];
   return [
     `listen: ["[${ADDR.gw6}]:${port}", "${ADDR.gw4}:${port}"]`,
+    ...out,
     "resolver:",
     `  family: ${family}`,
     `  nameservers: ["${ADDR.dns4}:53", "[${ADDR.dns6}]:53"]`,
@@ -61,9 +75,9 @@ export function dualsocksConfig(port: number, family: FamilyPolicy): string {
 export async function startDualsocks(topo: Topology, opts: DualsocksOptions): Promise<Gateway> {
   const family = opts.family ?? "auto";
   const cfg = `${topo.tmpDir}/dualsocks-${opts.port}.yaml`;
-  await Deno.writeTextFile(cfg, dualsocksConfig(opts.port, family));
+  await Deno.writeTextFile(cfg, dualsocksConfig(opts.port, family, opts.outbound));
   const flags = opts.flags ? opts.flags(cfg) : [...documentedFlags(cfg), ...EXTRA_GATEWAY_FLAGS];
-  const label = `dualsocks(${family}, port ${opts.port})`;
+  const label = `dualsocks(${family}, port ${opts.port}${opts.outbound ? ", outbound" : ""})`;
   const proc = topo.spawn(label, "gw", [
     "deno",
     "run",

@@ -35,6 +35,8 @@ export const ADDR = {
   /** dnsmasq, on the gateway's loopback: unreachable from every other namespace. */
   dns4: "203.0.113.53",
   dns6: "2001:db8:53::53",
+  /** What the DNS server in d4 (UDP ASSOCIATE case) answers for NAMES.answer. */
+  answer: "198.51.100.77",
 } as const;
 
 export const NAMES = {
@@ -42,6 +44,8 @@ export const NAMES = {
   v6: "v6only.test", // AAAA only -> d6
   dual: "dual.test", // A -> d4 and AAAA -> d6
   missing: "nxdomain.test", // NXDOMAIN
+  d4dns: "dns4.test", // A -> d4: the DNS server in d4, by name (UDP ASSOCIATE case)
+  answer: "answer.test", // answered only by the DNS server in d4, never by the gateway's
   /** Name of the gateway in the clients' per-namespace /etc/hosts. */
   gateway: "gateway.test",
 } as const;
@@ -572,6 +576,7 @@ export class Topology {
       `--host-record=${NAMES.v4},${ADDR.d4}`,
       `--host-record=${NAMES.v6},${ADDR.d6}`,
       `--host-record=${NAMES.dual},${ADDR.d4},${ADDR.d6}`,
+      `--host-record=${NAMES.d4dns},${ADDR.d4}`,
       "--log-queries",
       "--log-facility=-",
     ]);
@@ -581,6 +586,33 @@ export class Topology {
         await isListening(this.ns.gw, "udp", ADDR.dns4, 53) &&
         await isListening(this.ns.gw, "udp", ADDR.dns6, 53),
     );
+    return p;
+  }
+
+  /**
+   * A second dnsmasq, in the IPv4-only destination d4, on d4's address port 53:
+   * the DNS server on the IPv4-only side that the IPv6-only client queries over
+   * UDP ASSOCIATE. It answers only NAMES.answer (A ADDR.answer) and logs every
+   * query with its source address. Tracked like every process of the topology.
+   */
+  async startDestinationDns(): Promise<Proc> {
+    const p = this.spawn("dnsmasq-d4", "d4", [
+      "dnsmasq",
+      "--no-daemon",
+      "--conf-file=/dev/null",
+      "--no-resolv",
+      "--no-hosts",
+      "--no-poll",
+      "--bind-interfaces",
+      `--listen-address=${ADDR.d4}`,
+      "--port=53",
+      "--user=root",
+      "--pid-file=",
+      `--address=/${NAMES.answer}/${ADDR.answer}`,
+      "--log-queries",
+      "--log-facility=-",
+    ]);
+    await p.waitFor("dnsmasq-d4 UDP 53", () => isListening(this.ns.d4, "udp", ADDR.d4, 53));
     return p;
   }
 
