@@ -20,14 +20,21 @@ import {
 import type { Gateway } from "../src/server/gateway.ts";
 import type { GatewayLogger } from "../src/log.ts";
 
-/** A loopback TCP server that runs `handler` per connection and closes everything on stop. */
-export interface TestServer {
-  addr: Deno.NetAddr;
+/** A TCP server on loopback whose connections run `handler`; tracks and closes everything. */
+export interface TestServer extends AsyncDisposable {
+  /** The listen address. */
+  readonly addr: Deno.NetAddr;
   /** Peers seen, in order. */
-  peers: Deno.NetAddr[];
+  readonly peers: Deno.NetAddr[];
+  /** How many connections were accepted. */
+  readonly accepted: number;
+  /** `host:port` (bracketed for IPv6). */
+  readonly hostPort: string;
+  /** Closes the listener and every connection, and waits for the handlers. */
   close(): Promise<void>;
 }
 
+/** Starts a TCP server on `hostname` port 0 running `handler` per connection. */
 export function startServer(
   hostname: string,
   handler: (conn: Deno.TcpConn) => Promise<void>,
@@ -37,33 +44,46 @@ export function startServer(
   const tasks = new Set<Promise<void>>();
   const peers: Deno.NetAddr[] = [];
   const loop = (async () => {
-    for await (const conn of listener) {
+    while (true) {
+      let conn: Deno.TcpConn;
+      try {
+        conn = await listener.accept();
+      } catch {
+        return;
+      }
       conns.add(conn);
       peers.push(conn.remoteAddr);
-      const t = handler(conn).catch(() => {}).finally(() => {
+      const task = handler(conn).catch(() => {}).finally(() => {
         conns.delete(conn);
-        try {
-          conn.close();
-        } catch { /* closed by the handler */ }
+        closeQuietly(conn);
       });
-      tasks.add(t);
-      t.finally(() => tasks.delete(t));
+      tasks.add(task);
+      task.finally(() => tasks.delete(task));
     }
-  })().catch(() => {});
-  return {
-    addr: listener.addr,
-    peers,
-    async close() {
-      listener.close();
-      await loop;
-      for (const c of conns) {
-        try {
-          c.close();
-        } catch { /* already closed */ }
-      }
-      await Promise.all(tasks);
-    },
+  })();
+  const close = async () => {
+    closeQuietly(listener);
+    await loop;
+    for (const c of conns) closeQuietly(c);
+    while (tasks.size > 0) await Promise.all(tasks);
   };
+  const addr = listener.addr;
+  return {
+    addr,
+    peers,
+    get accepted() {
+      return peers.length;
+    },
+    hostPort: joinHostPort(addr.hostname, addr.port),
+    close,
+    [Symbol.asyncDispose]: close,
+  };
+}
+
+function closeQuietly(c: { close(): void }): void {
+  try {
+    c.close();
+  } catch { /* already closed */ }
 }
 
 /** Echoes every byte back, then closes its write side at EOF. */
@@ -97,8 +117,11 @@ export async function writeAll(conn: { write(p: Uint8Array): Promise<number> }, 
   for (let off = 0; off < bytes.length;) off += await conn.write(bytes.subarray(off));
 }
 
+/** Anything with `read` as in `Deno.Conn`. */
+export type Readable = { read(p: Uint8Array): Promise<number | null> };
+
 /** Reads until EOF, leaving the connection open (unlike `conn.readable`, which closes it). */
-export async function readAll(conn: Deno.Conn): Promise<Uint8Array> {
+export async function readAll(conn: Readable): Promise<Uint8Array> {
   const parts: Uint8Array[] = [];
   let total = 0;
   await readEach(conn, (p) => {
@@ -115,7 +138,7 @@ export async function readAll(conn: Deno.Conn): Promise<Uint8Array> {
 }
 
 /** Calls `fn` with every chunk until EOF; the chunk is only valid during the call. */
-export async function readEach(conn: Deno.Conn, fn: (chunk: Uint8Array) => void): Promise<void> {
+export async function readEach(conn: Readable, fn: (chunk: Uint8Array) => void): Promise<void> {
   const buf = new Uint8Array(256 * 1024);
   while (true) {
     const n = await conn.read(buf);
@@ -225,6 +248,26 @@ export function recordingLogger(): GatewayLogger & {
       return new Promise((resolve) => waiters.push({ pred, resolve }));
     },
   };
+}
+
+/**
+ * Calls `fn` with each line of a byte stream (a child's stderr, say) until
+ * it ends; reading to the end keeps the child from blocking on a full pipe.
+ */
+export async function forEachLine(
+  stream: ReadableStream<Uint8Array>,
+  fn: (line: string) => void,
+): Promise<void> {
+  let rest = "";
+  for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+    rest += chunk;
+    let i;
+    while ((i = rest.indexOf("\n")) >= 0) {
+      fn(rest.slice(0, i));
+      rest = rest.slice(i + 1);
+    }
+  }
+  if (rest) fn(rest);
 }
 
 /** Runs a command to completion and returns its exit code and output. */

@@ -9,6 +9,8 @@
  * @module
  */
 
+import { forEachLine } from "../helpers.ts";
+
 /** Where Debian installs Chromium. */
 export const CHROMIUM = "/usr/bin/chromium";
 
@@ -96,20 +98,11 @@ export class Browser {
     let found!: (url: string) => void;
     const wsUrl = new Promise<string>((resolve) => (found = resolve));
     // Keep reading stderr to its end, so that Chromium never blocks on a full pipe.
-    const stderr = (async () => {
-      let rest = "";
-      for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) {
-        rest += chunk;
-        let i;
-        while ((i = rest.indexOf("\n")) >= 0) {
-          const line = rest.slice(0, i);
-          rest = rest.slice(i + 1);
-          log.push(line);
-          const m = /DevTools listening on (ws:\/\/\S+)/.exec(line);
-          if (m) found(m[1]);
-        }
-      }
-    })();
+    const stderr = forEachLine(child.stderr, (line) => {
+      log.push(line);
+      const m = /DevTools listening on (ws:\/\/\S+)/.exec(line);
+      if (m) found(m[1]);
+    });
     const timeout = options.timeout ?? 30_000;
     let timer: ReturnType<typeof setTimeout> | undefined;
     try {

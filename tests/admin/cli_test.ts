@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { echoServer, run, socksConnect } from "../helpers.ts";
+import { echoServer, forEachLine, run, socksConnect } from "../helpers.ts";
 import { assertProblem, call, echo, refused, until } from "./helpers.ts";
 
 const MAIN = fileURLToPath(new URL("../../main.ts", import.meta.url));
@@ -45,21 +45,12 @@ async function startCli(file: string, args: string[] = [], options = { admin: tr
   const records: LogRecord[] = [];
   const raw: string[] = [];
   let ended = false;
-  const pump = (async () => {
-    let rest = "";
-    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) {
-      rest += chunk;
-      let i;
-      while ((i = rest.indexOf("\n")) >= 0) {
-        const line = rest.slice(0, i);
-        rest = rest.slice(i + 1);
-        raw.push(line);
-        try {
-          records.push(JSON.parse(line));
-        } catch { /* not a log record */ }
-      }
-    }
-  })();
+  const pump = forEachLine(child.stderr, (line) => {
+    raw.push(line);
+    try {
+      records.push(JSON.parse(line));
+    } catch { /* not a log record */ }
+  });
   child.status.then(() => (ended = true));
   const waitFor = (what: string, pred: (r: LogRecord) => boolean, from = 0) =>
     until(what, () => {

@@ -8,6 +8,7 @@ import { fileURLToPath } from "node:url";
 import denoJson from "../../deno.json" with { type: "json" };
 import {
   echoServer,
+  forEachLine,
   gatewayAddr,
   readN,
   run,
@@ -55,24 +56,15 @@ async function startCli(
   const child = cmd.spawn();
   const lines: string[] = [];
   const waiters: { pred: (l: string) => boolean; resolve: (l: string) => void }[] = [];
-  const pump = (async () => {
-    let rest = "";
-    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) {
-      rest += chunk;
-      let i;
-      while ((i = rest.indexOf("\n")) >= 0) {
-        const line = rest.slice(0, i);
-        rest = rest.slice(i + 1);
-        lines.push(line);
-        for (const w of [...waiters]) {
-          if (w.pred(line)) {
-            waiters.splice(waiters.indexOf(w), 1);
-            w.resolve(line);
-          }
-        }
+  const pump = forEachLine(child.stderr, (line) => {
+    lines.push(line);
+    for (const w of [...waiters]) {
+      if (w.pred(line)) {
+        waiters.splice(waiters.indexOf(w), 1);
+        w.resolve(line);
       }
     }
-  })();
+  });
   const waitFor = (pred: (l: string) => boolean) => {
     const found = lines.find(pred);
     if (found) return Promise.resolve(found);

@@ -10,6 +10,14 @@
  * @module
  */
 
+import {
+  readAll,
+  startServer,
+  type TestServer,
+  withTimeout as deadline,
+  writeAll,
+} from "../helpers.ts";
+export { deadline, readAll, startServer, type TestServer, writeAll };
 import { serve } from "../../src/server/gateway.ts";
 import { ResolveError } from "../../src/server/errors.ts";
 import { type Resolver, systemResolver } from "../../src/server/resolver.ts";
@@ -76,44 +84,6 @@ export function freePort(): number {
   );
 }
 
-/** Rejects with a clear message when `promise` takes longer than `ms`. */
-export async function deadline<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const expired = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new Error(`${what}: expected to finish within ${ms} ms, it did not`)),
-      ms,
-    );
-  });
-  try {
-    return await Promise.race([promise, expired]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/** Reads until EOF. */
-export async function readAll(
-  conn: { read(p: Uint8Array): Promise<number | null> },
-): Promise<Uint8Array> {
-  const chunks: Uint8Array[] = [];
-  const buf = new Uint8Array(16 * 1024);
-  let total = 0;
-  while (true) {
-    const n = await conn.read(buf);
-    if (n === null) break;
-    chunks.push(buf.slice(0, n));
-    total += n;
-  }
-  const out = new Uint8Array(total);
-  let off = 0;
-  for (const c of chunks) {
-    out.set(c, off);
-    off += c.length;
-  }
-  return out;
-}
-
 /** Reads exactly `n` bytes (rejects at an early EOF). */
 export async function readExactly(
   conn: { read(p: Uint8Array): Promise<number | null> },
@@ -127,15 +97,6 @@ export async function readExactly(
     off += got;
   }
   return out;
-}
-
-/** Writes all of `bytes`. */
-export async function writeAll(
-  conn: { write(p: Uint8Array): Promise<number> },
-  bytes: Uint8Array,
-): Promise<void> {
-  let off = 0;
-  while (off < bytes.length) off += await conn.write(bytes.subarray(off));
 }
 
 /**
@@ -163,79 +124,6 @@ export async function exchangeHalfClose(
   await writeAll(conn, new TextEncoder().encode(text));
   await conn.closeWrite();
   return new TextDecoder().decode(await readAll(conn));
-}
-
-/** A TCP server on loopback whose connections run `handler`; tracks and closes everything. */
-export interface TestServer extends AsyncDisposable {
-  /** The listen address. */
-  readonly addr: Deno.NetAddr;
-  /** How many connections were accepted. */
-  readonly accepted: number;
-  /** `host:port` (bracketed for IPv6). */
-  readonly hostPort: string;
-  /** Closes the listener and every connection, and waits for the handlers. */
-  close(): Promise<void>;
-}
-
-/** Starts a TCP server on `hostname` port 0 running `handler` per connection. */
-export function startServer(
-  hostname: string,
-  handler: (conn: Deno.TcpConn) => Promise<void>,
-): TestServer {
-  const listener = Deno.listen({ hostname, port: 0 });
-  const conns = new Set<Deno.TcpConn>();
-  const tasks = new Set<Promise<void>>();
-  let accepted = 0;
-  const loop = (async () => {
-    while (true) {
-      let conn: Deno.TcpConn;
-      try {
-        conn = await listener.accept();
-      } catch {
-        return;
-      }
-      accepted++;
-      conns.add(conn);
-      const task = handler(conn).catch(() => {}).finally(() => {
-        conns.delete(conn);
-        try {
-          conn.close();
-        } catch {
-          // closed by the handler
-        }
-      });
-      tasks.add(task);
-      task.finally(() => tasks.delete(task));
-    }
-  })();
-  const close = async () => {
-    try {
-      listener.close();
-    } catch {
-      // already closed
-    }
-    await loop;
-    for (const c of conns) {
-      try {
-        c.close();
-      } catch {
-        // already closed
-      }
-    }
-    while (tasks.size > 0) await Promise.all(tasks);
-  };
-  const addr = listener.addr;
-  return {
-    addr,
-    get accepted() {
-      return accepted;
-    },
-    hostPort: addr.hostname.includes(":")
-      ? `[${addr.hostname}]:${addr.port}`
-      : `${addr.hostname}:${addr.port}`,
-    close,
-    [Symbol.asyncDispose]: close,
-  };
 }
 
 /** An echo server: sends back everything, half-closes at the client's EOF. */
