@@ -104,10 +104,16 @@ function netAddr(host: string | undefined, port: number | undefined): Deno.NetAd
   return { transport: "tcp", hostname: ip?.host ?? host ?? "", port: port ?? 0 };
 }
 
+/** Bytes a `node:net` connection may queue before its socket is paused. */
+const HIGH_WATER = 512 * 1024;
+
 /** Adapts a connected `node:net` socket to {@linkcode RelayConn}. */
 class NodeSocketConn implements RelayConn {
   #socket: Socket;
-  #pending: Uint8Array | null = null;
+  /** Chunks received and not yet read; the socket pauses above HIGH_WATER bytes. */
+  #queue: Uint8Array[] = [];
+  #queued = 0;
+  #paused = false;
   #ended = false;
   #error: Error | null = null;
   #wake: (() => void) | null = null;
@@ -118,10 +124,13 @@ class NodeSocketConn implements RelayConn {
     this.#socket = socket;
     this.localAddr = netAddr(socket.localAddress, socket.localPort);
     this.remoteAddr = netAddr(socket.remoteAddress, socket.remotePort);
-    socket.pause();
     socket.on("data", (chunk: Uint8Array) => {
-      this.#pending = chunk;
-      socket.pause();
+      this.#queue.push(chunk);
+      this.#queued += chunk.length;
+      if (this.#queued > HIGH_WATER && !this.#paused) {
+        this.#paused = true;
+        socket.pause();
+      }
       this.#notify();
     });
     socket.on("end", () => {
@@ -145,17 +154,26 @@ class NodeSocketConn implements RelayConn {
   }
 
   async read(p: Uint8Array): Promise<number | null> {
-    while (!this.#pending) {
+    while (this.#queued === 0) {
       if (this.#error) throw this.#error;
       if (this.#ended) return null;
-      const wait = new Promise<void>((r) => (this.#wake = r));
-      this.#socket.resume();
-      await wait;
+      await new Promise<void>((r) => (this.#wake = r));
     }
-    const chunk = this.#pending;
-    const n = Math.min(chunk.length, p.length);
-    p.set(chunk.subarray(0, n));
-    this.#pending = n < chunk.length ? chunk.subarray(n) : null;
+    // Copy as many queued chunks as fit: fewer reads, fewer relay turns.
+    let n = 0;
+    while (n < p.length && this.#queue.length > 0) {
+      const chunk = this.#queue[0];
+      const take = Math.min(chunk.length, p.length - n);
+      p.set(take === chunk.length ? chunk : chunk.subarray(0, take), n);
+      n += take;
+      if (take === chunk.length) this.#queue.shift();
+      else this.#queue[0] = chunk.subarray(take);
+    }
+    this.#queued -= n;
+    if (this.#paused && this.#queued < HIGH_WATER / 2) {
+      this.#paused = false;
+      this.#socket.resume();
+    }
     return n;
   }
 

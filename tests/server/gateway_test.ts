@@ -501,6 +501,10 @@ Deno.test("gateway: outbound source address per family", async () => {
     assert.equal((await readLine(conn)).split(" ")[0], "127.0.0.2");
     await writeAll(conn, enc.encode("through node:net"));
     assert.equal(dec.decode(await readN(conn, 16)), "through node:net");
+    // 4 MiB echoed back: more than the node:net adapter queues before it pauses.
+    const big = new Uint8Array(4 * 1024 * 1024).map((_, i) => (i * 7) & 0xff);
+    const [, back] = await Promise.all([writeAll(conn, big), readN(conn, big.length)]);
+    assert.ok(back.length === big.length && back.every((b, i) => b === big[i]), "echo intact");
     await conn.closeWrite();
     assert.equal((await readAll(conn)).length, 0);
     conn.close();
