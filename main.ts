@@ -148,12 +148,24 @@ async function effectiveConfig(values: Parsed["values"], file?: string): Promise
 const sameHostPort = (a: HostPort | null, b: HostPort | null) =>
   a === b || (a !== null && b !== null && a.host === b.host && a.port === b.port);
 
+/** True when `text` holds a control character (a newline, an escape sequence...). */
+function hasControl(text: string): boolean {
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c < 0x20 || c === 0x7f) return true;
+  }
+  return false;
+}
+
 async function setUpLogging(config: Config): Promise<void> {
   const formatter = config.log.format === "json"
     ? getJsonLinesFormatter({ message: "template" })
     : getTextFormatter({
       timestamp: "date-time-tz",
-      value: (v, inspect) => (typeof v === "string" ? v : inspect(v)),
+      // Client-supplied strings (names, user names) are quoted when they hold
+      // control characters, so that nobody can forge a log line.
+      value: (v, inspect) =>
+        typeof v !== "string" ? inspect(v) : hasControl(v) ? JSON.stringify(v) : v,
     });
   await configure({
     sinks: { stderr: getStreamSink(Deno.stderr.writable, { formatter }) },

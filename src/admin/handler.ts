@@ -181,11 +181,13 @@ function sessionJson(s: SessionInfo, now: number) {
 function parseId(text: string): number | Response {
   const id = /^[1-9]\d{0,15}$/.test(text) ? Number(text) : NaN;
   if (!Number.isSafeInteger(id)) {
+    let shown = text;
+    try {
+      shown = decodeURIComponent(text);
+    } catch { /* malformed escapes: show the raw text */ }
     return problem(
       400,
-      `expected a session id (a positive integer), found ${
-        JSON.stringify(decodeURIComponent(text))
-      }`,
+      `expected a session id (a positive integer), found ${JSON.stringify(shown)}`,
     );
   }
   return id;

@@ -11,6 +11,8 @@ import type { Credentials } from "../protocol/codec.ts";
 export interface AuthInfo {
   /** The client's address. */
   client: Deno.NetAddr;
+  /** Aborted when the session ends (handshake timeout, shutdown): stop waiting then. */
+  signal: AbortSignal;
 }
 
 /**

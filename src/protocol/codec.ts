@@ -77,6 +77,7 @@ export type ProtocolErrorKind =
   | "reserved"
   | "address-type"
   | "empty-domain"
+  | "domain-encoding"
   | "too-long";
 
 /**
@@ -98,6 +99,7 @@ export class ProtocolError extends Error {
 }
 
 const utf8 = new TextDecoder();
+const utf8Strict = new TextDecoder("utf-8", { fatal: true });
 const utf8Encoder = new TextEncoder();
 
 function hex(n: number): string {
@@ -196,7 +198,18 @@ function decodeAddressPort(
     }
     end = offset + 2 + len;
     if (buf.length < end + 2) return null;
-    address = { type: "domain", host: utf8.decode(buf.subarray(offset + 2, end)) };
+    let host: string;
+    try {
+      // Strict: a replacement character would change the name's length and meaning.
+      host = utf8Strict.decode(buf.subarray(offset + 2, end));
+    } catch {
+      throw new ProtocolError(
+        "domain-encoding",
+        `${what}: expected a domain name in UTF-8, found invalid bytes`,
+        Reply.GENERAL_FAILURE,
+      );
+    }
+    address = { type: "domain", host };
   } else {
     throw new ProtocolError(
       "address-type",

@@ -121,8 +121,8 @@ function isUnspecified(host: string): boolean {
 
 /**
  * Waits for the one peer connection: from `peer.address` when strict and the
- * request named an address, from anyone otherwise. Other peers are closed
- * and waiting goes on. Rejects when `signal` aborts or the client closes
+ * request named an address, from anyone otherwise, and always one the rules
+ * allow. Other peers are closed and waiting goes on. Rejects when `signal` aborts or the client closes
  * its control connection (`clientGone` resolves to `null`).
  */
 export async function acceptPeer(
@@ -133,6 +133,8 @@ export async function acceptPeer(
     strictPeer: boolean;
     signal: AbortSignal;
     clientGone: Promise<number | null>;
+    /** The access rules, for the peer that actually connected. */
+    allowed?: (host: string, port: number) => Promise<boolean>;
     onRejected?: (from: string) => void;
   },
 ): Promise<Deno.TcpConn> {
@@ -174,7 +176,10 @@ export async function acceptPeer(
       const from = normalizeIp(conn.remoteAddr.hostname)!;
       const addressOk = !strictPeer || isUnspecified(peer.address) || from.host === peer.address;
       const portOk = !strictPeer || request.port === 0 || conn.remoteAddr.port === request.port;
-      if (addressOk && portOk) return conn;
+      if (
+        addressOk && portOk &&
+        (!options.allowed || await options.allowed(from.host, conn.remoteAddr.port))
+      ) return conn;
       options.onRejected?.(joinHostPort(from.host, conn.remoteAddr.port));
       conn.close();
     }

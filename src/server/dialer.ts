@@ -9,7 +9,7 @@
 import { connect as nodeConnect, type Socket } from "node:net";
 import type { Family } from "../protocol/address.ts";
 import { normalizeIp } from "../protocol/address.ts";
-import type { ResolvedAddress } from "./resolver.ts";
+import { raceSignal, type ResolvedAddress } from "./resolver.ts";
 
 /**
  * The byte-stream shape the relay needs. `Deno.TcpConn` has it; so does the
@@ -218,11 +218,16 @@ export function happyEyeballs(
 ): Promise<RelayConn> {
   const { dial, delay, signal, localAddress } = options;
   if (addresses.length === 1) {
-    // One address (an IP literal, most of the time): no race to run.
+    // One address (an IP literal, most of the time): no race to run, but a
+    // dialer that ignores its signal still cannot outlive the deadline.
     const [a] = addresses;
-    return dial({ hostname: a.address, port, family: a.family }, {
+    const attempt = dial({ hostname: a.address, port, family: a.family }, {
       signal,
       localAddress: a.family === 4 ? localAddress?.ipv4 : localAddress?.ipv6,
+    });
+    return raceSignal(attempt, signal).catch((error) => {
+      attempt.then((late) => late.close(), () => {});
+      throw error;
     });
   }
   return new Promise((resolve, reject) => {

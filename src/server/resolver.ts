@@ -50,7 +50,11 @@ export function allowedFamilies(policy: FamilyPolicy): readonly Family[] {
   return policy === "prefer-ipv4" ? [4, 6] : [6, 4];
 }
 
-function withTimeout<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+/**
+ * Settles like `promise`, or rejects with the signal's reason as soon as it
+ * aborts: a hook that ignores its signal cannot hold a session forever.
+ */
+export function raceSignal<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
   if (signal.aborted) return Promise.reject(signal.reason);
   return new Promise<T>((resolve, reject) => {
     const onAbort = () => reject(signal.reason);
@@ -69,7 +73,7 @@ export async function systemResolver(
 ): Promise<ResolvedAddress[]> {
   let found: { address: string; family: number }[];
   try {
-    found = await withTimeout(
+    found = await raceSignal(
       lookup(name, { all: true, verbatim: true }),
       options.signal,
     );

@@ -46,6 +46,7 @@ import {
   allowedFamilies,
   type FamilyPolicy,
   orderAddresses,
+  raceSignal,
   type ResolvedAddress,
   type Resolver,
 } from "./resolver.ts";
@@ -212,7 +213,10 @@ export async function runSession(
     // 2. RFC 1929 sub-negotiation.
     if (method === Method.USERPASS) {
       const creds = await reader.decode(decodeCredentials, "username/password request");
-      const ok = await ctx.authenticator!(creds, { client: s.client });
+      const ok = await raceSignal(
+        Promise.resolve(ctx.authenticator!(creds, { client: s.client, signal: s.signal })),
+        s.signal,
+      );
       await writeAll(conn, encodeAuthStatus(ok));
       if (!ok) {
         ctx.stats.authFailures++;
@@ -284,6 +288,7 @@ function end(s: Session): void {
 function relayTo(c: CommandCall, peer: RelayConn, client: RelayConn = c.conn): Started {
   const s = c.s;
   s.phase = "relay";
+  s.lastActive = performance.now(); // idle time counts from here, not from accept
   const early = c.reader.takeRest();
   const ready = early.length === 0 ? Promise.resolve() : writeAll(peer, early).then(() => {
     s.bytesUp += early.length;
@@ -340,6 +345,9 @@ async function bindCommand(c: CommandCall): Promise<Started> {
       strictPeer: ctx.bind?.strictPeer ?? true,
       signal: AbortSignal.any([AbortSignal.timeout(ctx.bind?.acceptTimeout ?? 60_000), s.signal]),
       clientGone: client.first,
+      allowed: ctx.rules
+        ? async (host, port) => (await decide(ctx, s, "bind", host, port)).action === "allow"
+        : undefined,
     });
   } catch (error) {
     if (error instanceof ClientGoneError) throw error;
@@ -393,6 +401,7 @@ async function udpCommand(c: CommandCall): Promise<Started> {
     local.host;
   await c.succeed(advertised, socket.address().port);
   s.phase = "relay";
+  s.lastActive = performance.now();
   // The association lives as long as its TCP control connection.
   const relaying = (async () => {
     const buf = new Uint8Array(64);
@@ -409,13 +418,15 @@ function decide(
   command: RuleCommand,
   host: string,
   port: number,
-): RuleDecision | Promise<RuleDecision> {
-  return ctx.rules!({
+  signal: AbortSignal = s.signal,
+): Promise<RuleDecision> {
+  const decision = ctx.rules!({
     client: { host: s.client.hostname, port: s.client.port },
     user: s.user,
     command,
     destination: { host, port },
   });
+  return decision instanceof Promise ? raceSignal(decision, signal) : Promise.resolve(decision);
 }
 
 /**
@@ -435,7 +446,7 @@ async function destinationAddresses(
   const literal = normalizeIp(host);
   // Rules see the requested name first; a name that only the default denies
   // may still be allowed by an address rule, so it is resolved before refusing.
-  const byName = ctx.rules ? await decide(ctx, s, command, host, port) : undefined;
+  const byName = ctx.rules ? await decide(ctx, s, command, host, port, signal) : undefined;
   if (byName?.action === "deny" && (literal || byName.rule !== undefined)) {
     throw new GatewayError(Reply.NOT_ALLOWED, `${host}:${port} not allowed by ruleset`);
   }
@@ -450,10 +461,12 @@ async function destinationAddresses(
     return [{ address: literal.host, family: literal.family }];
   }
   ctx.stats.dnsLookups++;
-  const found = await ctx.resolver(host, { signal, families }).catch((error) => {
-    ctx.stats.dnsFailures++;
-    throw error;
-  });
+  const found = await raceSignal(ctx.resolver(host, { signal, families }), signal).catch(
+    (error) => {
+      ctx.stats.dnsFailures++;
+      throw error;
+    },
+  );
   let addresses = orderAddresses(found, ctx.family);
   if (addresses.length === 0) {
     throw new ResolveError(host, `no address of a family allowed by policy ${ctx.family}`);
@@ -461,7 +474,7 @@ async function destinationAddresses(
   if (byName) {
     const allowed = [];
     for (const a of addresses) {
-      const byAddress = await decide(ctx, s, command, a.address, port);
+      const byAddress = await decide(ctx, s, command, a.address, port, signal);
       if (combineDecisions(byName, byAddress).action === "allow") allowed.push(a);
     }
     if (allowed.length === 0) {
@@ -500,11 +513,11 @@ async function connectTarget(
     });
     if (chain) {
       // Routed: the rules see the name; the last upstream gateway resolves it.
-      if (ctx.rules && (await decide(ctx, s, "connect", host, port)).action === "deny") {
+      if (ctx.rules && (await decide(ctx, s, "connect", host, port, signal)).action === "deny") {
         throw new GatewayError(Reply.NOT_ALLOWED, `${host}:${port} not allowed by ruleset`);
       }
       s.route = describeChain(chain);
-      return await connectVia(host, port, { via: chain, signal });
+      return await raceSignal(connectVia(host, port, { via: chain, signal }), signal);
     }
     const addresses = await destinationAddresses(host, port, "connect", s, ctx, signal);
     return await happyEyeballs(addresses, port, {

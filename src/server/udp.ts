@@ -95,6 +95,15 @@ function shuffledPorts([lo, hi]: readonly [number, number]): number[] {
   return ports;
 }
 
+/** Per-association tables are bounded: the least recently used entry goes first. */
+const TABLE_LIMIT = 1024;
+
+function remember<K, V>(table: Map<K, V>, key: K, value: V): void {
+  table.delete(key);
+  table.set(key, value);
+  if (table.size > TABLE_LIMIT) table.delete(table.keys().next().value!);
+}
+
 /** One UDP association. */
 export class Association {
   readonly relay: Socket;
@@ -103,10 +112,13 @@ export class Association {
   #hooks: AssociationHooks;
   #outbound = new Map<Family, Promise<Socket>>();
   #outboundFrom: { ipv4?: string; ipv6?: string };
+  /** `name:port` -> resolved (and rule-checked) addresses; rules depend on the port. */
   #names = new Map<string, { addresses: ResolvedAddress[]; expires: number }>();
   #nameTtl: number;
-  /** Peer `addr:port` -> the name the client used for it. */
+  /** Peer `addr:port` -> the name the client used for it (bounded, least recent first). */
   #peerNames = new Map<string, string>();
+  /** Peer addresses the client has sent to: only they may answer (bounded). */
+  #peers = new Map<string, true>();
   #closed = false;
 
   /**
@@ -153,33 +165,29 @@ export class Association {
 
   async #forward(address: SocksAddress, port: number, data: Uint8Array): Promise<void> {
     let target: ResolvedAddress;
-    if (address.type === "domain") {
-      const literal = normalizeIp(address.host);
-      if (literal) target = { address: literal.host, family: literal.family };
-      else {
-        const name = address.host.toLowerCase();
-        let cached = this.#names.get(name);
-        if (!cached || cached.expires < performance.now()) {
-          const addresses = await this.#hooks.resolve(name, port);
-          cached = { addresses, expires: performance.now() + this.#nameTtl };
-          this.#names.delete(name);
-          this.#names.set(name, cached);
-          if (this.#names.size > 256) this.#names.delete(this.#names.keys().next().value!);
-        }
-        target = cached.addresses[0];
-        this.#peerNames.set(joinHostPort(target.address, port), address.host);
-      }
-    } else {
-      const literal = normalizeIp(address.host)!;
+    // Every literal, in any ATYP (a DOMAINNAME may hold one), passes the rules.
+    const literal = normalizeIp(address.host);
+    if (literal) {
       target = { address: literal.host, family: literal.family };
-      // Addressed by its literal now: answer with the literal again.
-      this.#peerNames.delete(joinHostPort(target.address, port));
       if (!(await this.#hooks.allowed(target.address, port, target.family))) {
         return this.#drop(`${joinHostPort(target.address, port)} not allowed`);
       }
+      // Addressed by its literal now: answer with the literal again.
+      this.#peerNames.delete(joinHostPort(target.address, port));
+    } else {
+      const key = `${address.host.toLowerCase()}:${port}`;
+      let cached = this.#names.get(key);
+      if (!cached || cached.expires < performance.now()) {
+        const addresses = await this.#hooks.resolve(address.host, port);
+        cached = { addresses, expires: performance.now() + this.#nameTtl };
+      }
+      remember(this.#names, key, cached);
+      target = cached.addresses[0];
+      remember(this.#peerNames, joinHostPort(target.address, port), address.host);
     }
     const socket = await this.#outboundSocket(target.family);
     if (this.#closed) return;
+    remember(this.#peers, target.address, true);
     socket.send(data, port, target.address);
     this.counters.up++;
     this.#hooks.onDatagram(true, data.length, target.family);
@@ -203,11 +211,19 @@ export class Association {
   #fromPeer(msg: Uint8Array, peer: RemoteInfo, family: Family): void {
     if (this.#client.port === 0 || this.#closed) return this.#drop("no client port yet");
     const host = normalizeIp(peer.address)?.host ?? peer.address;
+    if (!this.#peers.has(host)) {
+      return this.#drop(`datagram from ${host}, not a peer of the client`);
+    }
     const name = this.#peerNames.get(joinHostPort(host, peer.port));
     const address: SocksAddress = name
       ? { type: "domain", host: name }
       : { type: family === 4 ? "ipv4" : "ipv6", host };
-    const out = encodeUdpDatagram({ frag: 0, address, port: peer.port }, msg);
+    let out: Uint8Array;
+    try {
+      out = encodeUdpDatagram({ frag: 0, address, port: peer.port }, msg);
+    } catch {
+      return this.#drop(`cannot encapsulate a reply from ${host}`);
+    }
     this.relay.send(out, this.#client.port, this.#client.host);
     this.counters.down++;
     this.#hooks.onDatagram(false, msg.length, family);

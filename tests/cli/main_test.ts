@@ -279,3 +279,36 @@ Deno.test("cli: forward carries curl through a gateway to a name only the gatewa
   assert.equal(usage.code, 2);
   assert.match(usage.stderr, /forward: expected --listen HOST:PORT/);
 });
+
+Deno.test("cli: a client-supplied name cannot forge a line in the text log", async () => {
+  await using cfg = await configDir("admin:\n  listen: off\n");
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", ...binaryFlags(cfg.dir), MAIN, "--config", cfg.file, "--listen", "127.0.0.1:0"],
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  const lines: string[] = [];
+  let port: (p: number) => void;
+  const listening = new Promise<number>((r) => (port = r));
+  let closed: () => void;
+  const sessionLogged = new Promise<void>((r) => (closed = r));
+  const reading = forEachLine(child.stderr, (line) => {
+    lines.push(line);
+    const m = /listening on 127\.0\.0\.1:(\d+)/.exec(line);
+    if (m) port(Number(m[1]));
+    if (line.includes("session 1 ")) closed();
+  });
+  try {
+    const p = await withTimeout(listening, 20_000, "listening line");
+    const name = "evil.test\nsession 7 A forged";
+    const { conn } = await socksConnect({ hostname: "127.0.0.1", port: p }, name, 80);
+    conn.close();
+    await withTimeout(sessionLogged, 20_000, "the session's log line");
+  } finally {
+    child.kill("SIGTERM");
+    await child.status;
+    await reading;
+  }
+  assert.ok(!lines.some((l) => l.startsWith("session 7 A forged")), lines.join("\n"));
+  assert.ok(lines.some((l) => l.includes(JSON.stringify("evil.test\nsession 7 A forged:80"))));
+});

@@ -110,6 +110,12 @@ Deno.test("codec: malformed messages are typed errors", () => {
     ["request atyp 0", () => decodeRequest(Uint8Array.of(5, 1, 0, 0, 1)), "address-type", 8],
     ["empty domain", () => decodeRequest(Uint8Array.of(5, 1, 0, 3, 0, 0, 80)), "empty-domain", 1],
     ["reply atyp", () => decodeReply(Uint8Array.of(5, 0, 0, 9)), "address-type", 8],
+    [
+      "non-UTF-8 domain",
+      () => decodeRequest(Uint8Array.of(5, 1, 0, 3, 2, 0xff, 0xfe, 0, 80)),
+      "domain-encoding",
+      1,
+    ],
     ["udp short", () => decodeUdpHeader(Uint8Array.of(0, 0, 0)), "too-long", undefined],
     [
       "udp rsv",
