@@ -76,6 +76,8 @@ Deno.test("admin: unknown routes are 404, wrong methods 405 with Allow, errors a
       /expected a session id \(a positive integer\), found "abc"/,
     );
     assertProblem(await call(`${admin.base}/api/v1/sessions/0`, { method: "DELETE" }), 400);
+    // A malformed percent escape is still a 400 naming what was found, not a 500.
+    assertProblem(await call(`${admin.base}/api/v1/sessions/%E0%A4%A`), 400, /found "%E0%A4%A"/);
     assertProblem(
       await call(`${admin.base}/api/v1/sessions/999`, { method: "DELETE" }),
       404,
