@@ -239,3 +239,22 @@ export function splitHostPort(
 export function joinHostPort(host: string, port: number): string {
   return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
 }
+
+/**
+ * Whether `host` (an IP literal) is a loopback address: `127.0.0.0/8` or
+ * `::1` (IPv4-mapped forms included). Anything else, the wildcard addresses
+ * `0.0.0.0` and `::` included, reaches beyond this host.
+ *
+ * @example
+ * ```ts
+ * import { isLoopback } from "./address.ts";
+ * isLoopback("127.0.0.1"); // true
+ * isLoopback("[::1]"); // true
+ * isLoopback("0.0.0.0"); // false
+ * ```
+ */
+export function isLoopback(host: string): boolean {
+  const ip = normalizeIp(host);
+  if (!ip) return false;
+  return ip.family === 4 ? ip.host.startsWith("127.") : ip.host === "::1";
+}

@@ -6,7 +6,7 @@
  */
 
 import { BufferedReader } from "../io/buffered_reader.ts";
-import { type Family, joinHostPort, normalizeIp } from "../protocol/address.ts";
+import { type Family, isLoopback, joinHostPort, normalizeIp } from "../protocol/address.ts";
 import {
   decodeCredentials,
   decodeGreeting,
@@ -379,7 +379,9 @@ async function udpCommand(c: CommandCall): Promise<Started> {
       resolve: (name, p) => destinationAddresses(name, p, "udp", s, ctx),
       allowed: async (host, p, family) =>
         allowedFamilies(ctx.family).includes(family) &&
-        (!ctx.rules || (await decide(ctx, s, "udp", host, p)).action === "allow"),
+        (ctx.rules
+          ? (await decide(ctx, s, "udp", host, p)).action === "allow"
+          : !(loopbackGuard(ctx, s) && isLocalTarget(host))),
       onDatagram(up, bytes, family) {
         s.active = true;
         s.type ??= relayType(s.clientFamily, family);
@@ -430,6 +432,29 @@ function decide(
 }
 
 /**
+ * Without rules, everything is allowed except one thing: a client from
+ * another host may not reach this host's own loopback services (the admin
+ * API, a database...) through the gateway. Rules, once configured, decide
+ * alone.
+ */
+function loopbackGuard(ctx: SessionContext, s: Session): boolean {
+  return !ctx.rules && !isLoopback(s.client.hostname);
+}
+
+/** A loopback or unspecified (`0.0.0.0`, `::`: this host) address. */
+function isLocalTarget(ip: string): boolean {
+  return isLoopback(ip) || ip === "0.0.0.0" || ip === "::";
+}
+
+function loopbackRefused(host: string, port: number): GatewayError {
+  return new GatewayError(
+    Reply.NOT_ALLOWED,
+    `${joinHostPort(host, port)}: loopback destinations are refused to clients from other ` +
+      `hosts unless rules allow them`,
+  );
+}
+
+/**
  * The addresses a requested destination stands for, in Happy Eyeballs order:
  * rules checked on the name and on each address, the family policy applied,
  * names resolved by the gateway, IP literals (also in a DOMAINNAME, RFC 3089
@@ -451,7 +476,9 @@ async function destinationAddresses(
     throw new GatewayError(Reply.NOT_ALLOWED, `${host}:${port} not allowed by ruleset`);
   }
   const families = allowedFamilies(ctx.family);
+  const guard = command !== "bind" && loopbackGuard(ctx, s);
   if (literal) {
+    if (guard && isLocalTarget(literal.host)) throw loopbackRefused(host, port);
     if (!families.includes(literal.family)) {
       throw new GatewayError(
         Reply.ADDRESS_TYPE_NOT_SUPPORTED,
@@ -470,6 +497,10 @@ async function destinationAddresses(
   let addresses = orderAddresses(found, ctx.family);
   if (addresses.length === 0) {
     throw new ResolveError(host, `no address of a family allowed by policy ${ctx.family}`);
+  }
+  if (guard) {
+    addresses = addresses.filter((a) => !isLocalTarget(a.address));
+    if (addresses.length === 0) throw loopbackRefused(host, port);
   }
   if (byName) {
     const allowed = [];

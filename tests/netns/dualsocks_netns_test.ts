@@ -170,6 +170,12 @@ Deno.test({
       );
       await step(
         t,
+        "a client from another host cannot reach the gateway's own loopback: reply 2",
+        30_000,
+        () => caseLoopbackRefused(topo, gw),
+      );
+      await step(
+        t,
         "dual.test (A + AAAA) follows the family policy",
         60_000,
         () => caseFamilyPolicy(topo, gws),
@@ -264,6 +270,39 @@ async function caseUnresolvable(topo: Topology, gw: Gateway) {
       );
     }
     console.log(`  ${client}: ${r.stderr.trim()} | gateway: reply ${rec.reply}, ${rec.reason}`);
+  }
+}
+
+/**
+ * Without rules, a remote client must not reach the gateway host's own
+ * loopback services through it (here a listener on the gateway's loopback).
+ */
+async function caseLoopbackRefused(topo: Topology, gw: Gateway) {
+  const targets = ["127.0.0.1", "[::1]", "localhost", "0.0.0.0"];
+  for (const client of ["c4", "c6"] as const) {
+    for (const host of targets) {
+      const mark = gw.proc.log.length;
+      const r = await curl(topo, client, [
+        "--socks5-hostname",
+        proxyFor(gw, client),
+        `http://${host}:1080/`,
+      ]);
+      if (r.success || r.code !== 97) {
+        throw new CaseError(
+          `${client} -> ${host}: expected curl exit 97 (SOCKS failure), got ${r.code}: ${r.stderr}`,
+        );
+      }
+      const want = `${host.replace(/^\[|\]$/g, "")}:1080`;
+      const rec = await waitSession(
+        gw,
+        mark,
+        (s) => String(s.destination).replace(/^\[|\](?=:)/g, "") === want,
+      );
+      if (!String(rec.reply).startsWith("2")) {
+        throw new CaseError(`${client} -> ${host}: gateway replied ${rec.reply}, expected 2`);
+      }
+    }
+    console.log(`  ${client}: ${targets.join(", ")} refused with reply 2`);
   }
 }
 
