@@ -170,6 +170,12 @@ Deno.test({
       );
       await step(
         t,
+        "no route from the gateway to the destination: reply 3 (network unreachable)",
+        30_000,
+        () => caseNoRoute(topo, gw),
+      );
+      await step(
+        t,
         "a client from another host cannot reach the gateway's own loopback: reply 2",
         30_000,
         () => caseLoopbackRefused(topo, gw),
@@ -270,6 +276,28 @@ async function caseUnresolvable(topo: Topology, gw: Gateway) {
       );
     }
     console.log(`  ${client}: ${r.stderr.trim()} | gateway: reply ${rec.reply}, ${rec.reason}`);
+  }
+}
+
+/**
+ * The gateway has no route to these documentation addresses (no default
+ * route in any namespace): the kernel says "network unreachable" at once,
+ * and the client must read reply 3.
+ */
+async function caseNoRoute(topo: Topology, gw: Gateway) {
+  const cases = [["c4", "203.0.113.99"], ["c6", "2001:db8:ffff::99"]] as const;
+  for (const [client, ip] of cases) {
+    const mark = gw.proc.log.length;
+    const host = ip.includes(":") ? `[${ip}]` : ip;
+    const r = await curl(topo, client, ["--socks5", proxyFor(gw, client), `http://${host}/`]);
+    if (r.success || r.code !== 97) {
+      throw new CaseError(`${client} -> ${ip}: expected curl exit 97, got ${r.code}: ${r.stderr}`);
+    }
+    const rec = await waitSession(gw, mark, (s) => String(s.destination).includes(ip));
+    if (!String(rec.reply).startsWith("3")) {
+      throw new CaseError(`${client} -> ${ip}: gateway replied ${rec.reply}, expected 3`);
+    }
+    console.log(`  ${client} -> ${ip}: ${r.stderr.trim()} | gateway: reply ${rec.reply}`);
   }
 }
 
