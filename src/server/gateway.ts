@@ -207,15 +207,31 @@ function requested(entry: string | ListenAddress): Requested {
   return { hostname: ip.host, port, key: joinHostPort(ip.host, port) };
 }
 
-function bind(req: Requested): Deno.TcpListener {
+function bind(
+  req: Requested,
+  others: readonly { hostname: string; port: number }[] = [],
+): Deno.TcpListener {
   try {
     return Deno.listen({ hostname: req.hostname, port: req.port, transport: "tcp" });
   } catch (error) {
-    const reason = error instanceof Deno.errors.AddrInUse
+    let reason = error instanceof Deno.errors.AddrInUse
       ? "address already in use"
       : error instanceof Deno.errors.AddrNotAvailable
       ? "address not available on this host"
       : (error as Error).message;
+    // On Linux a socket on [::] also takes IPv4 (dual-stack), so [::]:P and
+    // 0.0.0.0:P cannot both be bound: say so rather than leave a riddle.
+    const wildcard = req.hostname === "0.0.0.0" || req.hostname === "::";
+    if (
+      error instanceof Deno.errors.AddrInUse && wildcard && req.port !== 0 &&
+      others.some((o) =>
+        o.port === req.port && (o.hostname === "::" || o.hostname === "0.0.0.0") &&
+        o.hostname !== req.hostname
+      )
+    ) {
+      reason += `; [::]:${req.port} already accepts IPv4 as well: list [::]:${req.port} alone ` +
+        `for both families`;
+    }
     throw new ListenError(req.key, reason, { cause: error });
   }
 }
@@ -321,7 +337,7 @@ export function serve(options: ServeOptions = {}): Gateway {
     try {
       for (const entry of options.listen ?? DEFAULT_LISTEN) {
         const req = requested(entry);
-        bound.push(bind(req));
+        bound.push(bind(req, bound.map((l) => l.addr)));
         listening.push({ listener: bound.at(-1)!, requested: req.key, closed: false });
       }
     } catch (error) {
@@ -476,7 +492,8 @@ export function serve(options: ServeOptions = {}): Gateway {
         if (existing) {
           nextListening.push(existing);
         } else {
-          const entry = { listener: bind(req), requested: req.key, closed: false };
+          const taken = [...nextListening, ...listening].map((l) => l.listener.addr);
+          const entry = { listener: bind(req, taken), requested: req.key, closed: false };
           added.push(entry);
           nextListening.push(entry);
         }

@@ -523,6 +523,14 @@ Deno.test("gateway: listen errors are clear and leave nothing open", () => {
         e instanceof ListenError && /127\.0\.0\.1:\d+: address already in use/.test(e.message),
     );
     assert.throws(() => serve({ listen: ["::1:1080"] }), /expected HOST:PORT/);
+    // [::] is dual-stack here: asking for 0.0.0.0 on the same port as well says why it fails.
+    const free = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const port = free.addr.port;
+    free.close();
+    assert.throws(
+      () => serve({ listen: [`[::]:${port}`, `0.0.0.0:${port}`] }),
+      new RegExp(`\\[::\\]:${port} already accepts IPv4 as well: list \\[::\\]:${port} alone`),
+    );
     assert.throws(() => serve({ listen: ["localhost:1080"] }), /IP literal/);
   } finally {
     taken.close();
