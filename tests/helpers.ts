@@ -89,14 +89,19 @@ function closeQuietly(c: { close(): void }): void {
 /** Echoes every byte back, then closes its write side at EOF. */
 export function echoServer(hostname: string): TestServer {
   return startServer(hostname, async (conn) => {
-    const buf = new Uint8Array(64 * 1024);
-    while (true) {
-      const n = await conn.read(buf);
-      if (n === null) break;
-      await writeAll(conn, buf.subarray(0, n));
-    }
+    await echoUntilEof(conn);
     await conn.closeWrite();
   });
+}
+
+/** Writes back every byte `conn` reads, until its EOF. */
+export async function echoUntilEof(conn: Deno.Conn): Promise<void> {
+  const buf = new Uint8Array(64 * 1024);
+  while (true) {
+    const n = await conn.read(buf);
+    if (n === null) return;
+    await writeAll(conn, buf.subarray(0, n));
+  }
 }
 
 /** Writes the peer address it saw as `HOST PORT\n`, then echoes. */
@@ -104,12 +109,7 @@ export function peerServer(hostname: string): TestServer {
   return startServer(hostname, async (conn) => {
     const { hostname: h, port } = conn.remoteAddr;
     await writeAll(conn, new TextEncoder().encode(`${h} ${port}\n`));
-    const buf = new Uint8Array(4096);
-    while (true) {
-      const n = await conn.read(buf);
-      if (n === null) break;
-      await writeAll(conn, buf.subarray(0, n));
-    }
+    await echoUntilEof(conn);
   });
 }
 

@@ -11,6 +11,7 @@
  */
 
 import {
+  echoUntilEof,
   readAll,
   startServer,
   type TestServer,
@@ -129,12 +130,7 @@ export async function exchangeHalfClose(
 /** An echo server: sends back everything, half-closes at the client's EOF. */
 export function startEcho(hostname: string): TestServer {
   return startServer(hostname, async (conn) => {
-    const buf = new Uint8Array(16 * 1024);
-    while (true) {
-      const n = await conn.read(buf);
-      if (n === null) break;
-      await writeAll(conn, buf.subarray(0, n));
-    }
+    await echoUntilEof(conn);
     await conn.closeWrite();
     await readAll(conn);
   });
@@ -144,12 +140,7 @@ export function startEcho(hostname: string): TestServer {
 export function startGreeter(hostname: string, banner: string): TestServer {
   return startServer(hostname, async (conn) => {
     await writeAll(conn, new TextEncoder().encode(banner));
-    const buf = new Uint8Array(16 * 1024);
-    while (true) {
-      const n = await conn.read(buf);
-      if (n === null) break;
-      await writeAll(conn, buf.subarray(0, n));
-    }
+    await echoUntilEof(conn);
     await conn.closeWrite();
   });
 }
