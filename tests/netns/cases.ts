@@ -440,3 +440,40 @@ export async function caseBigDownload(topo: Topology, gw: Gateway) {
   }
   if (errors.length) fail(errors.join("\n"));
 }
+
+/**
+ * The client cases every gateway of the testbed must pass, dualsocks and
+ * Dante alike: types A-D with curl (name delegated and literal), Deno fetch,
+ * proxychains4 and a 16 MiB download, each as a step of `t`.
+ */
+export async function clientCaseSteps(
+  t: Deno.TestContext,
+  topo: Topology,
+  gw: Gateway,
+): Promise<void> {
+  await step(
+    t,
+    "types A-D, name delegated: curl --socks5-hostname",
+    60_000,
+    () => caseCurlTypes(topo, gw, "--socks5-hostname"),
+  );
+  await step(
+    t,
+    "types A-D, literal addresses: curl --socks5",
+    60_000,
+    () => caseCurlTypes(topo, gw, "--socks5"),
+  );
+  await step(
+    t,
+    "types A-D: Deno fetch with a socks5h:// proxy from each client namespace",
+    120_000,
+    () => caseDenoFetch(topo, gw),
+  );
+  await step(
+    t,
+    "types A-D: proxychains4 proxy_dns (fake-IP name delegation), plain curl",
+    60_000,
+    () => caseProxychains(topo, gw),
+  );
+  await step(t, "types A-D: 16 MiB download, sha256", 180_000, () => caseBigDownload(topo, gw));
+}

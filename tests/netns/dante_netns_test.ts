@@ -8,7 +8,7 @@
  */
 import { checkNetnsSupport, createTopology, ignoreUnlessSupported } from "./topology.ts";
 import { startDante } from "./gateways.ts";
-import { caseBigDownload, caseCurlTypes, caseDenoFetch, caseProxychains, step } from "./cases.ts";
+import { clientCaseSteps } from "./cases.ts";
 
 const SUPPORT = await checkNetnsSupport([
   "danted",
@@ -34,31 +34,7 @@ Deno.test({
     const topo = await createTopology();
     try {
       const gw = await startDante(topo, 1080);
-      await step(
-        t,
-        "types A-D, name delegated: curl --socks5-hostname",
-        60_000,
-        () => caseCurlTypes(topo, gw, "--socks5-hostname"),
-      );
-      await step(
-        t,
-        "types A-D, literal addresses: curl --socks5",
-        60_000,
-        () => caseCurlTypes(topo, gw, "--socks5"),
-      );
-      await step(
-        t,
-        "types A-D: Deno fetch with a socks5h:// proxy",
-        120_000,
-        () => caseDenoFetch(topo, gw),
-      );
-      await step(
-        t,
-        "types A-D: proxychains4 proxy_dns, plain curl",
-        60_000,
-        () => caseProxychains(topo, gw),
-      );
-      await step(t, "types A-D: 16 MiB download, sha256", 180_000, () => caseBigDownload(topo, gw));
+      await clientCaseSteps(t, topo, gw);
     } finally {
       await topo.teardown();
     }

@@ -26,13 +26,10 @@ import {
   startDualsocks,
 } from "./gateways.ts";
 import {
-  caseBigDownload,
-  caseCurlTypes,
-  caseDenoFetch,
   CaseError,
   caseIsolation,
-  caseProxychains,
   type Client,
+  clientCaseSteps,
   curl,
   type Dest,
   expectPeer,
@@ -123,24 +120,7 @@ Deno.test({
       if (!started) return;
       const gw = gws["auto"];
 
-      await step(
-        t,
-        "types A-D, name delegated: curl --socks5-hostname",
-        60_000,
-        () => caseCurlTypes(topo, gw, "--socks5-hostname"),
-      );
-      await step(
-        t,
-        "types A-D, literal addresses: curl --socks5",
-        60_000,
-        () => caseCurlTypes(topo, gw, "--socks5"),
-      );
-      await step(
-        t,
-        "types A-D: Deno fetch with a socks5h:// proxy from each client namespace",
-        120_000,
-        () => caseDenoFetch(topo, gw),
-      );
+      await clientCaseSteps(t, topo, gw);
       await step(
         t,
         "Deno: bracketed IPv6 proxy URL (informational, never fails)",
@@ -151,17 +131,10 @@ Deno.test({
       );
       await step(
         t,
-        "types A-D: proxychains4 proxy_dns (fake-IP name delegation), plain curl",
-        60_000,
-        () => caseProxychains(topo, gw),
-      );
-      await step(
-        t,
         "types B, C: our socksify (fake-IP name delegation), unmodified Deno.resolveDns + Deno.connect",
         90_000,
         () => caseSocksify(topo, gw),
       );
-      await step(t, "types A-D: 16 MiB download, sha256", 180_000, () => caseBigDownload(topo, gw));
       await step(
         t,
         "unresolvable name: reply 4 (host unreachable), from both clients",

@@ -393,6 +393,20 @@ export interface TopologyOptions {
   destinations?: boolean;
 }
 
+/** How every dnsmasq of the testbed runs: foreground, no system files, answers only what it is told. */
+const DNSMASQ = [
+  "dnsmasq",
+  "--no-daemon",
+  "--conf-file=/dev/null",
+  "--no-resolv",
+  "--no-hosts",
+  "--no-poll",
+  "--bind-interfaces",
+  "--port=53",
+  "--user=root",
+  "--pid-file=",
+];
+
 export class Topology {
   readonly id = randomSuffix();
   /** Namespace names, e.g. ns.gw = "ds1a2b3c-gw". */
@@ -560,18 +574,9 @@ export class Topology {
 
   async startDns(): Promise<Proc> {
     const p = this.spawn("dnsmasq", "gw", [
-      "dnsmasq",
-      "--no-daemon",
-      "--conf-file=/dev/null",
-      "--no-resolv",
-      "--no-hosts",
-      "--no-poll",
-      "--bind-interfaces",
+      ...DNSMASQ,
       `--listen-address=${ADDR.dns4}`,
       `--listen-address=${ADDR.dns6}`,
-      "--port=53",
-      "--user=root",
-      "--pid-file=",
       "--local=/test/",
       `--host-record=${NAMES.v4},${ADDR.d4}`,
       `--host-record=${NAMES.v6},${ADDR.d6}`,
@@ -597,17 +602,8 @@ export class Topology {
    */
   async startDestinationDns(): Promise<Proc> {
     const p = this.spawn("dnsmasq-d4", "d4", [
-      "dnsmasq",
-      "--no-daemon",
-      "--conf-file=/dev/null",
-      "--no-resolv",
-      "--no-hosts",
-      "--no-poll",
-      "--bind-interfaces",
+      ...DNSMASQ,
       `--listen-address=${ADDR.d4}`,
-      "--port=53",
-      "--user=root",
-      "--pid-file=",
       `--address=/${NAMES.answer}/${ADDR.answer}`,
       "--log-queries",
       "--log-facility=-",
