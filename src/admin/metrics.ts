@@ -174,6 +174,11 @@ class Exposition {
     return this;
   }
 
+  /** A family with a single unlabelled sample. */
+  single(name: string, type: "counter" | "gauge", help: string, value: number): this {
+    return this.family(name, type, help).sample(name, value);
+  }
+
   sample(name: string, value: number, pairs: Record<string, string> = {}): this {
     this.#lines.push(`${name}${labels(pairs)} ${num(value)}`);
     return this;
@@ -236,13 +241,18 @@ export function renderMetrics(gateway: Gateway): string {
   const st = gateway.stats;
   const out = new Exposition();
 
-  out.family("dualsocks_sessions_total", "counter", "Client connections accepted.")
-    .sample("dualsocks_sessions_total", snap.sessions.total);
-  out.family(
+  out.single(
+    "dualsocks_sessions_total",
+    "counter",
+    "Client connections accepted.",
+    snap.sessions.total,
+  );
+  out.single(
     "dualsocks_sessions_rejected_total",
     "counter",
     "Client connections closed at once: session limit reached or shutting down.",
-  ).sample("dualsocks_sessions_rejected_total", snap.sessions.rejected);
+    snap.sessions.rejected,
+  );
   out.family("dualsocks_sessions_active", "gauge", "Live sessions, by phase.");
   for (const phase of PHASES) {
     out.sample("dualsocks_sessions_active", snap.sessions.byPhase[phase], { phase });
@@ -311,14 +321,30 @@ export function renderMetrics(gateway: Gateway): string {
     });
   }
 
-  out.family("dualsocks_auth_failures_total", "counter", "Failed RFC 1929 logins.")
-    .sample("dualsocks_auth_failures_total", snap.authFailures);
-  out.family("dualsocks_rule_denials_total", "counter", "Requests denied by the rules.")
-    .sample("dualsocks_rule_denials_total", snap.ruleDenials);
-  out.family("dualsocks_dns_lookups_total", "counter", "Name lookups made by the gateway.")
-    .sample("dualsocks_dns_lookups_total", snap.dns.lookups);
-  out.family("dualsocks_dns_failures_total", "counter", "Name lookups that failed.")
-    .sample("dualsocks_dns_failures_total", snap.dns.failures);
+  out.single(
+    "dualsocks_auth_failures_total",
+    "counter",
+    "Failed RFC 1929 logins.",
+    snap.authFailures,
+  );
+  out.single(
+    "dualsocks_rule_denials_total",
+    "counter",
+    "Requests denied by the rules.",
+    snap.ruleDenials,
+  );
+  out.single(
+    "dualsocks_dns_lookups_total",
+    "counter",
+    "Name lookups made by the gateway.",
+    snap.dns.lookups,
+  );
+  out.single(
+    "dualsocks_dns_failures_total",
+    "counter",
+    "Name lookups that failed.",
+    snap.dns.failures,
+  );
   out.family(
     "dualsocks_udp_datagrams_total",
     "counter",
@@ -326,17 +352,25 @@ export function renderMetrics(gateway: Gateway): string {
   )
     .sample("dualsocks_udp_datagrams_total", snap.udp.fromClients, { direction: "from_client" })
     .sample("dualsocks_udp_datagrams_total", snap.udp.toClients, { direction: "to_client" });
-  out.family(
+  out.single(
     "dualsocks_udp_datagrams_dropped_total",
     "counter",
     "UDP ASSOCIATE datagrams dropped: malformed, fragmented or from a wrong source.",
-  ).sample("dualsocks_udp_datagrams_dropped_total", snap.udp.dropped);
+    snap.udp.dropped,
+  );
 
-  out.family("dualsocks_draining", "gauge", "1 while shutting down, else 0.")
-    .sample("dualsocks_draining", snap.draining ? 1 : 0);
-  out.family("dualsocks_listeners", "gauge", "Bound SOCKS listen addresses.")
-    .sample("dualsocks_listeners", snap.listen.length);
-  out.family("dualsocks_start_time_seconds", "gauge", "Start time, seconds since the epoch.")
-    .sample("dualsocks_start_time_seconds", snap.startedAt / 1000);
+  out.single(
+    "dualsocks_draining",
+    "gauge",
+    "1 while shutting down, else 0.",
+    snap.draining ? 1 : 0,
+  );
+  out.single("dualsocks_listeners", "gauge", "Bound SOCKS listen addresses.", snap.listen.length);
+  out.single(
+    "dualsocks_start_time_seconds",
+    "gauge",
+    "Start time, seconds since the epoch.",
+    snap.startedAt / 1000,
+  );
   return out.toString();
 }
