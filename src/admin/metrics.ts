@@ -60,6 +60,8 @@ export interface GatewaySnapshot {
     total: number;
     /** Closed at once: session limit reached or shutting down. */
     rejected: number;
+    /** Times accepting waited for the handshake limit. */
+    acceptsHeld: number;
     /** Live now. */
     active: number;
     /** Live now, by phase. */
@@ -114,6 +116,7 @@ function snapshotFrom(gateway: Gateway, live: SessionInfo[]): GatewaySnapshot {
     sessions: {
       total: st.sessionsTotal,
       rejected: st.sessionsRejected,
+      acceptsHeld: st.acceptsHeld,
       active: live.length,
       byPhase,
     },
@@ -213,6 +216,7 @@ export const METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
  * | ------ | ---- | ------ |
  * | `dualsocks_sessions_total` | counter | |
  * | `dualsocks_sessions_rejected_total` | counter | |
+ * | `dualsocks_accepts_held_total` | counter | |
  * | `dualsocks_sessions_active` | gauge | `phase` |
  * | `dualsocks_requests_total` | counter | `command` |
  * | `dualsocks_relays_total` | counter | `type` (A-D) |
@@ -252,6 +256,12 @@ export function renderMetrics(gateway: Gateway): string {
     "counter",
     "Client connections closed at once: session limit reached or shutting down.",
     snap.sessions.rejected,
+  );
+  out.single(
+    "dualsocks_accepts_held_total",
+    "counter",
+    "Times accepting waited because limits.max_handshakes handshakes were under way.",
+    snap.sessions.acceptsHeld,
   );
   out.family("dualsocks_sessions_active", "gauge", "Live sessions, by phase.");
   for (const phase of PHASES) {

@@ -90,7 +90,7 @@ export interface Config {
   /** Milliseconds; `idle` 0 means never. */
   timeouts: { handshake: number; connect: number; idle: number };
   /** Resource limits. */
-  limits: { maxSessions: number };
+  limits: { maxSessions: number; maxHandshakes: number };
   /** Access rules, see `src/policy/rules.ts`. */
   rules: RuleConfig[];
   /** Milliseconds to let sessions finish on shutdown. */
@@ -144,7 +144,7 @@ export const DEFAULT_CONFIG: Config = deepFreeze<Config>({
   resolver: { family: "auto", nameservers: [], happyEyeballsDelay: 250 },
   outbound: {},
   timeouts: { handshake: 10_000, connect: 10_000, idle: 300_000 },
-  limits: { maxSessions: 1024 },
+  limits: { maxSessions: 1024, maxHandshakes: 64 },
   rules: [],
   shutdown: { grace: 10_000 },
   log: { format: "text", level: "info" },
@@ -428,6 +428,11 @@ const duration = (positive: boolean): Check =>
 const positiveInt = scalar(
   "a positive integer",
   (v) => Number.isSafeInteger(v) && (v as number) > 0 ? v : null,
+);
+
+const nonNegativeInt = scalar(
+  "a whole number, 0 or more",
+  (v) => Number.isSafeInteger(v) && (v as number) >= 0 ? v : null,
 );
 
 const hostPort = (defaultPort?: number): Check =>
@@ -723,7 +728,13 @@ const CONFIG: Check = mapping({
       idle: ["idle", duration(false)],
     }),
   ],
-  limits: ["limits", mapping({ max_sessions: ["maxSessions", positiveInt] })],
+  limits: [
+    "limits",
+    mapping({
+      max_sessions: ["maxSessions", positiveInt],
+      max_handshakes: ["maxHandshakes", nonNegativeInt],
+    }),
+  ],
   rules: ["rules", list(RULE, "rules (mappings with an action)")],
   shutdown: ["shutdown", mapping({ grace: ["grace", duration(false)] })],
   log: [
@@ -948,7 +959,10 @@ export function configDocument(config: Config): ConfigDocument {
       connect: formatDuration(config.timeouts.connect),
       idle: formatDuration(config.timeouts.idle),
     },
-    limits: { max_sessions: config.limits.maxSessions },
+    limits: {
+      max_sessions: config.limits.maxSessions,
+      max_handshakes: config.limits.maxHandshakes,
+    },
     rules: config.rules.map((r) => ({ ...r })),
     shutdown: { grace: formatDuration(config.shutdown.grace) },
     log: { ...config.log },
@@ -994,7 +1008,7 @@ export interface ConfigDocument {
   /** Durations with units. */
   timeouts: { handshake: string; connect: string; idle: string };
   /** Resource limits. */
-  limits: { max_sessions: number };
+  limits: { max_sessions: number; max_handshakes: number };
   /** Access rules. */
   rules: RuleConfig[];
   /** Shutdown grace period. */

@@ -29,6 +29,7 @@ export function optionsFromConfig(config: Config): ServeOptions {
     rules: config.rules,
     timeouts: config.timeouts,
     maxSessions: config.limits.maxSessions,
+    maxHandshakes: config.limits.maxHandshakes,
     routes: config.routes,
     bind: config.bind,
     udp: config.udp,

@@ -19,6 +19,8 @@ import {
   systemResolver,
 } from "./resolver.ts";
 import { type GatewayStats, newStats } from "./stats.ts";
+import { HandshakeGate } from "./admission.ts";
+import { ConnectTimeoutError } from "./errors.ts";
 import type { BindServerOptions } from "./bind.ts";
 import type { UdpServerOptions } from "./udp.ts";
 import { compileRoutes, type RouteConfig, type RouteTable } from "./routes.ts";
@@ -84,6 +86,14 @@ export interface ServeOptions {
   udp?: UdpServerOptions;
   /** Maximum concurrent sessions; further clients are closed at once. Default 1024. */
   maxSessions?: number;
+  /**
+   * Maximum sessions in their handshake at once; further clients wait in the
+   * kernel's accept queue, served in arrival order. A handshake stops counting
+   * once it replies or ends, or after 5 ms (100 ms while the gateway is busy),
+   * so slow clients and distant destinations cannot stall accepting.
+   * 0 turns the limit off. Default 64.
+   */
+  maxHandshakes?: number;
   /** Logger hook. Default: LogTape category `["dualsocks"]`. */
   logger?: GatewayLogger;
 }
@@ -254,12 +264,14 @@ interface Settings {
   ctx: SessionContext;
   timeouts: Required<Timeouts>;
   maxSessions: number;
+  maxHandshakes: number;
 }
 
 /** Per-gateway state that every generation of settings shares. */
 interface Shared {
   stats: GatewayStats;
   localAddressToward: (peer: string) => string | undefined;
+  handshakeDone: (id: number) => void;
 }
 
 function settingsFrom(options: ServeOptions, shared: Shared): Settings {
@@ -295,12 +307,17 @@ function settingsFrom(options: ServeOptions, shared: Shared): Settings {
       : undefined,
     ...shared,
   };
-  return { ctx, timeouts, maxSessions: options.maxSessions ?? 1024 };
+  return {
+    ctx,
+    timeouts,
+    maxSessions: options.maxSessions ?? 1024,
+    maxHandshakes: options.maxHandshakes ?? 64,
+  };
 }
 
 /** How often the sweeper must run to honour these timeouts. */
 function tickFor(t: Required<Timeouts>): number {
-  return Math.max(25, Math.min(1000, t.handshake / 4, (t.idle || Infinity) / 4));
+  return Math.max(25, Math.min(1000, t.handshake / 4, t.connect / 4, (t.idle || Infinity) / 4));
 }
 
 /**
@@ -327,8 +344,11 @@ export function serve(options: ServeOptions = {}): Gateway {
     }
     return undefined;
   };
-  const shared: Shared = { stats, localAddressToward };
-  let settings = settingsFrom(options, shared);
+  let settings: Settings;
+  const gate = new HandshakeGate(0);
+  const shared: Shared = { stats, localAddressToward, handshakeDone: (id) => gate.release(id) };
+  settings = settingsFrom(options, shared);
+  gate.limit = settings.maxHandshakes;
   const startedAt = Date.now();
 
   let listening: Listening[] = [];
@@ -348,8 +368,6 @@ export function serve(options: ServeOptions = {}): Gateway {
   const currentAddrs = () => listening.map((l) => l.listener.addr);
 
   const sessions = new Map<number, Session>();
-  /** The timeouts each session started with. */
-  const timeoutsOf = new WeakMap<Session, Required<Timeouts>>();
   let nextId = 1;
   let stopping = false;
   let lastRejectLog = 0;
@@ -359,9 +377,12 @@ export function serve(options: ServeOptions = {}): Gateway {
   const sweep = () => {
     const now = performance.now();
     for (const s of sessions.values()) {
-      const t = timeoutsOf.get(s) ?? settings.timeouts;
+      const t = s.timeouts ?? settings.timeouts;
       if (s.phase === "handshake") {
         if (now - s.lastActive > t.handshake) s.abort("handshake timeout");
+      } else if (s.connectDeadline && now > s.connectDeadline) {
+        s.connectDeadline = 0;
+        s.pending?.abort(new ConnectTimeoutError(s.destination ?? "?", t.connect));
       } else if (s.phase === "relay" && t.idle > 0) {
         if (s.active) {
           s.active = false;
@@ -386,6 +407,7 @@ export function serve(options: ServeOptions = {}): Gateway {
 
   const finish = (s: Session) => {
     sessions.delete(s.id);
+    gate.release(s.id);
     if (s.type) {
       stats.relaysByType[s.type]++;
       stats.bytesByType[s.type].up += s.bytesUp;
@@ -430,7 +452,8 @@ export function serve(options: ServeOptions = {}): Gateway {
     const s = new Session(nextId++, conn);
     s.lastActive = performance.now();
     sessions.set(s.id, s);
-    timeoutsOf.set(s, timeouts);
+    gate.admit(s.id);
+    s.timeouts = timeouts;
     stats.sessionsTotal++;
     runSession(conn, s, ctx).finally(() => finish(s));
   };
@@ -438,6 +461,8 @@ export function serve(options: ServeOptions = {}): Gateway {
   const acceptLoop = async (entry: Listening) => {
     const { listener } = entry;
     while (!stopping && !entry.closed) {
+      if (gate.limit > 0 && (await gate.ready())) stats.acceptsHeld++;
+      if (stopping || entry.closed) return;
       let conn: Deno.TcpConn;
       try {
         conn = await listener.accept();
@@ -504,6 +529,7 @@ export function serve(options: ServeOptions = {}): Gateway {
     }
     const removed = listening.filter((l) => !nextListening.includes(l));
     settings = nextSettings;
+    gate.limit = nextSettings.maxHandshakes;
     sweepFor(nextSettings.timeouts);
     listening = nextListening;
     for (const l of removed) closeListener(l);

@@ -91,6 +91,8 @@ export interface SessionContext {
   routes?: RouteTable;
   /** The gateway's local address on a live relay to `peer`, if any (for BIND). */
   localAddressToward?: (peer: string) => string | undefined;
+  /** Called once the session has sent its (first) success reply. */
+  handshakeDone?: (id: number) => void;
 }
 
 /** The state of one session, readable while it runs. */
@@ -98,7 +100,11 @@ export class Session implements RelayStats {
   readonly id: number;
   readonly client: Deno.NetAddr;
   readonly clientFamily: Family;
+  /** The client is on this host's loopback. */
+  readonly clientLoopback: boolean;
   readonly startedAt = Date.now();
+  /** The timeouts (ms) the session started with: a reload does not change them. */
+  timeouts?: { readonly handshake: number; readonly connect: number; readonly idle: number };
   /** `performance.now()` at accept, for the handshake latency. */
   readonly acceptedAt = performance.now();
   phase: "handshake" | "connect" | "relay" | "closed" = "handshake";
@@ -124,6 +130,12 @@ export class Session implements RelayStats {
   aborted = false;
   /** The blocking operation under way (a connect), aborted with the session. */
   pending?: AbortController;
+  /**
+   * `performance.now()` by which the connect under way must finish, 0 when
+   * none: the gateway's sweeper aborts {@linkcode Session.pending} with a
+   * {@linkcode ConnectTimeoutError} after it (no timer per session).
+   */
+  connectDeadline = 0;
   #conns: { close(): void }[] = [];
   #controller?: AbortController;
 
@@ -133,6 +145,7 @@ export class Session implements RelayStats {
     const ip = normalizeIp(addr.hostname);
     this.client = { ...addr, hostname: ip?.host ?? addr.hostname };
     this.clientFamily = ip?.family ?? 4;
+    this.clientLoopback = ip !== null && isLoopbackIp(ip.host, ip.family);
     this.#conns.push(conn);
   }
 
@@ -243,6 +256,7 @@ export async function runSession(
         s.reply = Reply.SUCCEEDED;
         replied = true;
         await writeAll(conn, addressReply(host, port));
+        ctx.handshakeDone?.(s.id);
       },
     };
     if (request.command === Command.CONNECT) started = await connectCommand(command);
@@ -438,12 +452,22 @@ function decide(
  * alone.
  */
 function loopbackGuard(ctx: SessionContext, s: Session): boolean {
-  return !ctx.rules && !isLoopback(s.client.hostname);
+  return !ctx.rules && !s.clientLoopback;
 }
 
-/** A loopback or unspecified (`0.0.0.0`, `::`: this host) address. */
+/** Loopback, for an address already in {@linkcode normalizeIp}'s canonical form. */
+function isLoopbackIp(host: string, family: Family): boolean {
+  return family === 4 ? host.startsWith("127.") : host === "::1";
+}
+
+/** `0.0.0.0` or `::`: this host, as a destination. */
+function isUnspecified(ip: string): boolean {
+  return ip === "0.0.0.0" || ip === "::";
+}
+
+/** A loopback or unspecified address, in any literal form. */
 function isLocalTarget(ip: string): boolean {
-  return isLoopback(ip) || ip === "0.0.0.0" || ip === "::";
+  return isLoopback(ip) || isUnspecified(ip);
 }
 
 function loopbackRefused(host: string, port: number): GatewayError {
@@ -478,7 +502,9 @@ async function destinationAddresses(
   const families = allowedFamilies(ctx.family);
   const guard = command !== "bind" && loopbackGuard(ctx, s);
   if (literal) {
-    if (guard && isLocalTarget(literal.host)) throw loopbackRefused(host, port);
+    if (guard && (isLoopbackIp(literal.host, literal.family) || isUnspecified(literal.host))) {
+      throw loopbackRefused(host, port);
+    }
     if (!families.includes(literal.family)) {
       throw new GatewayError(
         Reply.ADDRESS_TYPE_NOT_SUPPORTED,
@@ -526,15 +552,12 @@ async function connectTarget(
 ): Promise<RelayConn> {
   const { host } = request.address;
   const { port } = request;
-  // One controller for the whole connect: the deadline and the session's end abort it.
+  // One controller for the whole connect: the gateway's sweeper aborts it at
+  // the deadline, and the session's end aborts it.
   const controller = new AbortController();
   const { signal } = controller;
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    controller.abort(new ConnectTimeoutError(`${host}:${port}`, ctx.connectTimeout));
-  }, ctx.connectTimeout);
   s.pending = controller;
+  s.connectDeadline = performance.now() + ctx.connectTimeout;
   try {
     const chain = ctx.routes?.({
       client: { host: s.client.hostname, port: s.client.port },
@@ -558,12 +581,10 @@ async function connectTarget(
       localAddress: ctx.outbound,
     });
   } catch (error) {
-    if (timedOut && !s.aborted) {
-      throw new ConnectTimeoutError(`${host}:${port}`, ctx.connectTimeout);
-    }
+    if (signal.reason instanceof ConnectTimeoutError && !s.aborted) throw signal.reason;
     throw error;
   } finally {
-    clearTimeout(timer);
     s.pending = undefined;
+    s.connectDeadline = 0;
   }
 }

@@ -61,6 +61,11 @@ export interface GatewayStats {
   sessionsTotal: number;
   /** Clients closed at once because `maxSessions` was reached or the gateway was stopping. */
   sessionsRejected: number;
+  /**
+   * Times the accept loop waited because `maxHandshakes` handshakes were
+   * under way (the next clients stayed in the kernel's accept queue).
+   */
+  acceptsHeld: number;
   /** Sessions whose request was read, by command. */
   sessionsByCommand: Record<CommandName, number>;
   /** Relays that were established, by RFC 3089 type. */
@@ -90,6 +95,7 @@ export function newStats(): GatewayStats {
   return {
     sessionsTotal: 0,
     sessionsRejected: 0,
+    acceptsHeld: 0,
     sessionsByCommand: { connect: 0, bind: 0, udp: 0, other: 0 },
     relaysByType: { A: 0, B: 0, C: 0, D: 0 },
     bytesByType: {

@@ -68,7 +68,7 @@ Deno.test("DEFAULT_CONFIG has the documented values", () => {
     resolver: { family: "auto", nameservers: [], happyEyeballsDelay: 250 },
     outbound: {},
     timeouts: { handshake: 10_000, connect: 10_000, idle: 300_000 },
-    limits: { maxSessions: 1024 },
+    limits: { maxSessions: 1024, maxHandshakes: 64 },
     rules: [],
     shutdown: { grace: 10_000 },
     log: { format: "text", level: "info" },
@@ -136,6 +136,7 @@ timeouts:
   idle: 1h
 limits:
   max_sessions: 10
+  max_handshakes: 0
 rules:
   - action: deny
     to: ["127.0.0.0/8", "::1/128"]
@@ -180,7 +181,7 @@ Deno.test("every key is parsed and normalized", () => {
     },
     outbound: { ipv4: "192.0.2.10", ipv6: "2001:db8::10" },
     timeouts: { handshake: 5000, connect: 1500, idle: 3_600_000 },
-    limits: { maxSessions: 10 },
+    limits: { maxSessions: 10, maxHandshakes: 0 },
     rules: [
       { action: "deny", to: ["127.0.0.0/8", "::1/128"] },
       {
@@ -350,6 +351,14 @@ Deno.test("error: not a positive integer, with the brief's exact message", () =>
     });
   }
   assert.equal(parse("limits: {max_sessions: 1e3}").limits.maxSessions, 1000);
+  // max_handshakes: 0 turns the gate off, so 0 is valid there but not below.
+  assert.equal(parse("limits: {max_handshakes: 0}").limits.maxHandshakes, 0);
+  assertConfigError("limits: {max_handshakes: -1}", {
+    path: "limits.max_handshakes",
+    line: 1,
+    column: 26,
+    found: "-1",
+  });
 });
 
 Deno.test("error: enums list their choices", () => {

@@ -491,6 +491,42 @@ Deno.test("gateway: the session limit closes extra clients and frees up", async 
   }
 });
 
+Deno.test("gateway: clients that send nothing do not hold the handshake gate shut", async () => {
+  const dest = echoServer("127.0.0.1");
+  // One handshake at a time, and a handshake timeout far beyond the test's
+  // bound: only the gate's grace time lets the next clients in.
+  const { gw, v4, v6 } = gateway({ maxHandshakes: 1, timeouts: { handshake: 60_000 } });
+  const silent = await Promise.all([Deno.connect(v4), Deno.connect(v6), Deno.connect(v4)]);
+  try {
+    // Many clients at once through a gate of one, on both listeners.
+    const clients = await withTimeout(
+      Promise.all(
+        Array.from(
+          { length: 12 },
+          (_, i) => socksConnect(i % 2 ? v6 : v4, "127.0.0.1", dest.addr.port),
+        ),
+      ),
+      5000,
+      "clients behind three silent ones",
+    );
+    for (const { conn, reply } of clients) {
+      assert.equal(reply?.reply, 0);
+      await writeAll(conn, enc.encode("x"));
+      assert.equal(dec.decode(await readN(conn, 1)), "x");
+      conn.close();
+    }
+    assert.equal(
+      gw.sessions().filter((s) => s.phase === "handshake").length,
+      3,
+      "silent ones wait",
+    );
+  } finally {
+    for (const c of silent) c.close();
+    await gw.shutdown({ grace: 0 });
+    await dest.close();
+  }
+});
+
 Deno.test("gateway: outbound source address per family", async () => {
   const dest = peerServer("127.0.0.1");
   const { gw, v6 } = gateway({ outbound: { ipv4: "127.0.0.2" } });

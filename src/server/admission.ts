@@ -1,0 +1,138 @@
+/**
+ * Accept admission: how many sessions may be in their handshake at once.
+ *
+ * One event loop serves every session. When hundreds of clients connect at
+ * once and all are accepted, every step of every handshake waits behind all
+ * the others, in no particular order: the median handshake gets slower and
+ * the slowest ones much slower. While the gateway is busy, leaving the
+ * surplus in the kernel's accept queue (first in, first out) until a
+ * handshake finishes serves clients in arrival order and keeps the loop's
+ * work small.
+ *
+ * The gate must never hold clients back because of sessions that wait on the
+ * network (a slow client, a distant destination, a client that sends
+ * nothing): a handshake stops counting after {@linkcode IDLE_GRACE_MS} while
+ * the process has CPU to spare, and after {@linkcode BUSY_GRACE_MS} while it
+ * is busy. Holding the gate shut therefore costs an attacker more connections
+ * per second than filling the session limit does, and a gate that holds back
+ * too much frees CPU and so opens itself.
+ *
+ * @module
+ */
+
+import process from "node:process";
+
+/** A handshake stops counting after this many ms while the CPU has room. */
+export const IDLE_GRACE_MS = 5;
+/** A handshake stops counting after this many ms while the gateway is busy. */
+export const BUSY_GRACE_MS = 100;
+/** Busy: the process used at least this share of one CPU over the last window. */
+const BUSY_SHARE = 0.8;
+/** How often (ms) the CPU share is sampled, at most. */
+const SAMPLE_MS = 5;
+
+/** CPU share of this process over the last sample window (1 = one CPU). */
+class CpuMeter {
+  #at = performance.now();
+  #cpuUs = cpuMicros();
+  #busy = false;
+
+  busy(now: number): boolean {
+    const wall = now - this.#at;
+    if (wall >= SAMPLE_MS) {
+      const cpu = cpuMicros();
+      this.#busy = (cpu - this.#cpuUs) / 1000 >= BUSY_SHARE * wall;
+      this.#at = now;
+      this.#cpuUs = cpu;
+    }
+    return this.#busy;
+  }
+}
+
+function cpuMicros(): number {
+  const { user, system } = process.cpuUsage();
+  return user + system;
+}
+
+/** Limits concurrent handshakes; see the module documentation. */
+export class HandshakeGate {
+  /** Sessions in their handshake that still count: id -> admit time. */
+  #counted = new Map<number, number>();
+  #waiters: (() => void)[] = [];
+  /** One timer at a time wakes the waiters to look again. */
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #busy: (now: number) => boolean;
+  /** At most this many counted handshakes; 0 means no limit. */
+  limit: number;
+
+  /**
+   * `options.busy` replaces the CPU meter (for tests): whether the gateway
+   * counts as busy at `performance.now()` time `now`.
+   */
+  constructor(limit: number, options: { busy?: (now: number) => boolean } = {}) {
+    this.limit = limit;
+    if (options.busy) this.#busy = options.busy;
+    else {
+      const meter = new CpuMeter();
+      this.#busy = (now) => meter.busy(now);
+    }
+  }
+
+  /** Handshakes that count against the limit now. */
+  get size(): number {
+    return this.#counted.size;
+  }
+
+  /**
+   * Resolves when one more session may be accepted: `true` when it had to
+   * wait for that.
+   */
+  async ready(): Promise<boolean> {
+    let waited = false;
+    while (this.limit > 0 && this.#counted.size >= this.limit) {
+      const now = performance.now();
+      const grace = this.#busy(now) ? BUSY_GRACE_MS : IDLE_GRACE_MS;
+      const next = this.#expire(now, grace);
+      if (this.#counted.size < this.limit) return waited;
+      if (this.#timer === undefined) {
+        // Look again when the oldest would expire, and at least every sample
+        // window, since the CPU share decides the grace time.
+        this.#timer = setTimeout(() => {
+          this.#timer = undefined;
+          this.#wake();
+        }, Math.min(next, SAMPLE_MS));
+      }
+      waited = true;
+      await new Promise<void>((resolve) => this.#waiters.push(resolve));
+    }
+    return waited;
+  }
+
+  /** Counts a session that was just accepted. */
+  admit(id: number): void {
+    if (this.limit > 0) this.#counted.set(id, performance.now());
+  }
+
+  /** The session's handshake is over (replied, failed or ended): it stops counting. */
+  release(id: number): void {
+    if (this.#counted.delete(id)) this.#wake();
+  }
+
+  #wake(): void {
+    if (this.#waiters.length === 0) return;
+    const waiters = this.#waiters;
+    this.#waiters = [];
+    for (const wake of waiters) wake();
+  }
+
+  /** Stops counting handshakes older than `grace`; returns ms until the next would expire. */
+  #expire(now: number, grace: number): number {
+    // A Map iterates in insertion order: oldest admission first.
+    for (const [id, at] of this.#counted) {
+      const left = at + grace - now;
+      if (left > 0) return Math.ceil(left);
+      this.#counted.delete(id);
+    }
+    return grace;
+  }
+}
