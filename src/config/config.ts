@@ -144,7 +144,7 @@ export const DEFAULT_CONFIG: Config = deepFreeze<Config>({
   resolver: { family: "auto", nameservers: [], happyEyeballsDelay: 250 },
   outbound: {},
   timeouts: { handshake: 10_000, connect: 10_000, idle: 300_000 },
-  limits: { maxSessions: 1024, maxHandshakes: 64 },
+  limits: { maxSessions: 1024, maxHandshakes: 32 },
   rules: [],
   shutdown: { grace: 10_000 },
   log: { format: "text", level: "info" },

@@ -89,9 +89,9 @@ export interface ServeOptions {
   /**
    * Maximum sessions in their handshake at once; further clients wait in the
    * kernel's accept queue, served in arrival order. A handshake stops counting
-   * once it replies or ends, or after 5 ms (100 ms while the gateway is busy),
+   * once it replies or ends, or after 5 ms (50 ms while the gateway is busy),
    * so slow clients and distant destinations cannot stall accepting.
-   * 0 turns the limit off. Default 64.
+   * 0 turns the limit off. Default 32.
    */
   maxHandshakes?: number;
   /** Logger hook. Default: LogTape category `["dualsocks"]`. */
@@ -311,7 +311,7 @@ function settingsFrom(options: ServeOptions, shared: Shared): Settings {
     ctx,
     timeouts,
     maxSessions: options.maxSessions ?? 1024,
-    maxHandshakes: options.maxHandshakes ?? 64,
+    maxHandshakes: options.maxHandshakes ?? 32,
   };
 }
 

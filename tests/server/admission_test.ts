@@ -20,15 +20,18 @@ function bounded<T>(p: Promise<T>, ms = 5000): Promise<T> {
   ]).finally(() => clearTimeout(timer));
 }
 
+/** Busy, with a grace time no test run comes near. */
+const LONG = { busy: () => true, busyGraceMs: 60_000 };
+
 Deno.test("gate: shut at the limit while busy, open again when a handshake ends", async () => {
-  const gate = new HandshakeGate(2, { busy: () => true });
+  const gate = new HandshakeGate(2, LONG);
   assert.equal(await bounded(gate.ready()), false, "open: no wait");
   gate.admit(1);
   assert.equal(await bounded(gate.ready()), false);
   gate.admit(2);
   assert.equal(gate.size, 2);
   const ready = gate.ready();
-  // Well past the idle grace, well before the busy grace: still shut.
+  // Well past the idle grace: still shut, since the gateway is busy.
   assert.equal(await stateAfter(ready, IDLE_GRACE_MS * 4), "pending");
   gate.release(1);
   assert.equal(await bounded(ready), true, "it had to wait");
@@ -55,7 +58,7 @@ Deno.test("gate: a handshake stuck on the network stops counting after the grace
 });
 
 Deno.test("gate: every waiter wakes (one per listener), and limit 0 turns it off", async () => {
-  const gate = new HandshakeGate(1, { busy: () => true });
+  const gate = new HandshakeGate(1, LONG);
   gate.admit(1);
   const a = gate.ready();
   const b = gate.ready();
