@@ -20,6 +20,7 @@ import {
 } from "./resolver.ts";
 import { type GatewayStats, newStats } from "./stats.ts";
 import { HandshakeGate } from "./admission.ts";
+import { LiveSet } from "./live_set.ts";
 import { ConnectTimeoutError } from "./errors.ts";
 import type { BindServerOptions } from "./bind.ts";
 import type { UdpServerOptions } from "./udp.ts";
@@ -317,7 +318,7 @@ function settingsFrom(options: ServeOptions, shared: Shared): Settings {
 
 /** How often the sweeper must run to honour these timeouts. */
 function tickFor(t: Required<Timeouts>): number {
-  return Math.max(25, Math.min(1000, t.handshake / 4, t.connect / 4, (t.idle || Infinity) / 4));
+  return Math.max(25, Math.min(1000, t.handshake / 4, t.connect / 10, (t.idle || Infinity) / 4));
 }
 
 /**
@@ -337,12 +338,10 @@ export function serve(options: ServeOptions = {}): Gateway {
   const stats = newStats();
   // BIND listens where a live relay to the same peer already leaves from.
   const localAddressToward = (peer: string) => {
-    for (const s of sessions.values()) {
-      if (s.localAddress && s.resolved && splitHostPort(s.resolved)?.host === peer) {
-        return s.localAddress;
-      }
-    }
-    return undefined;
+    return sessions.find((s) =>
+      s.localAddress !== undefined && s.resolved !== undefined &&
+      splitHostPort(s.resolved)?.host === peer
+    )?.localAddress;
   };
   let settings: Settings;
   const gate = new HandshakeGate(0);
@@ -367,7 +366,7 @@ export function serve(options: ServeOptions = {}): Gateway {
   }
   const currentAddrs = () => listening.map((l) => l.listener.addr);
 
-  const sessions = new Map<number, Session>();
+  const sessions = new LiveSet<Session>();
   let nextId = 1;
   let stopping = false;
   let lastRejectLog = 0;
@@ -376,7 +375,7 @@ export function serve(options: ServeOptions = {}): Gateway {
   // One timer sweeps every session for handshake and idle timeouts.
   const sweep = () => {
     const now = performance.now();
-    for (const s of sessions.values()) {
+    for (const s of sessions.snapshot()) {
       const t = s.timeouts ?? settings.timeouts;
       if (s.phase === "handshake") {
         if (now - s.lastActive > t.handshake) s.abort("handshake timeout");
@@ -406,7 +405,7 @@ export function serve(options: ServeOptions = {}): Gateway {
   sweepFor(settings.timeouts);
 
   const finish = (s: Session) => {
-    sessions.delete(s.id);
+    sessions.delete(s);
     gate.release(s.id);
     if (s.type) {
       stats.relaysByType[s.type]++;
@@ -451,7 +450,7 @@ export function serve(options: ServeOptions = {}): Gateway {
     conn.setNoDelay(true);
     const s = new Session(nextId++, conn);
     s.lastActive = performance.now();
-    sessions.set(s.id, s);
+    sessions.add(s);
     gate.admit(s.id);
     s.timeouts = timeouts;
     stats.sessionsTotal++;
@@ -578,7 +577,7 @@ export function serve(options: ServeOptions = {}): Gateway {
       stopping = true;
       for (const l of listening) closeListener(l);
       await Promise.all(loops);
-      for (const s of sessions.values()) if (s.phase !== "relay") s.abort("shutdown");
+      for (const s of sessions.snapshot()) if (s.phase !== "relay") s.abort("shutdown");
       if (sessions.size > 0) {
         log.info("waiting up to {grace} ms for {count} relays to finish", {
           grace: graceLimit,
@@ -586,7 +585,7 @@ export function serve(options: ServeOptions = {}): Gateway {
         });
       }
       await waitDrained(graceLimit);
-      for (const s of sessions.values()) s.abort("shutdown");
+      for (const s of sessions.snapshot()) s.abort("shutdown");
       await waitDrained();
       clearInterval(sweeper);
       finishedResolve();
@@ -606,7 +605,7 @@ export function serve(options: ServeOptions = {}): Gateway {
       return stopping;
     },
     sessions: () =>
-      [...sessions.values()].map((s) => ({
+      sessions.snapshot().map((s) => ({
         id: s.id,
         client: formatAddr(s.client),
         user: s.user,
@@ -620,7 +619,7 @@ export function serve(options: ServeOptions = {}): Gateway {
         startedAt: s.startedAt,
       })),
     closeSession(id: number, reason = "closed by the operator") {
-      const s = sessions.get(id);
+      const s = sessions.find((s) => s.id === id);
       if (!s) return false;
       s.abort(reason);
       return true;

@@ -7,6 +7,7 @@
 
 import { BufferedReader } from "../io/buffered_reader.ts";
 import { type Family, isLoopback, joinHostPort, normalizeIp } from "../protocol/address.ts";
+import type { Slotted } from "./live_set.ts";
 import {
   decodeCredentials,
   decodeGreeting,
@@ -96,13 +97,15 @@ export interface SessionContext {
 }
 
 /** The state of one session, readable while it runs. */
-export class Session implements RelayStats {
+export class Session implements RelayStats, Slotted {
   readonly id: number;
   readonly client: Deno.NetAddr;
   readonly clientFamily: Family;
   /** The client is on this host's loopback. */
   readonly clientLoopback: boolean;
   readonly startedAt = Date.now();
+  /** Position in the gateway's set of live sessions (see `live_set.ts`). */
+  slot = -1;
   /** The timeouts (ms) the session started with: a reload does not change them. */
   timeouts?: { readonly handshake: number; readonly connect: number; readonly idle: number };
   /** `performance.now()` at accept, for the handshake latency. */
