@@ -66,7 +66,11 @@ export class HandshakeGate {
   #busy: (now: number) => boolean;
   #idleGrace: number;
   #busyGrace: number;
-  /** At most this many counted handshakes; 0 means no limit. */
+  /**
+   * At most this many counted handshakes, plus one per further accept loop
+   * (each loop passes the gate, then waits for its next client); 0 means no
+   * limit.
+   */
   limit: number;
 
   /**
@@ -94,12 +98,13 @@ export class HandshakeGate {
   }
 
   /**
-   * Resolves when one more session may be accepted: `true` when it had to
-   * wait for that.
+   * Resolves when one more session may be accepted, or once `cancelled()`
+   * is true after a {@linkcode HandshakeGate.wakeAll}: `true` when it had
+   * to wait.
    */
-  async ready(): Promise<boolean> {
+  async ready(cancelled?: () => boolean): Promise<boolean> {
     let waited = false;
-    while (this.limit > 0 && this.#counted.size >= this.limit) {
+    while (this.limit > 0 && this.#counted.size >= this.limit && !cancelled?.()) {
       const now = performance.now();
       const grace = this.#busy(now) ? this.#busyGrace : this.#idleGrace;
       const next = this.#expire(now, grace);
@@ -126,6 +131,11 @@ export class HandshakeGate {
   /** The session's handshake is over (replied, failed or ended): it stops counting. */
   release(id: number): void {
     if (this.#counted.delete(id)) this.#wake();
+  }
+
+  /** Wakes every waiter to look again (at its `cancelled`, when stopping). */
+  wakeAll(): void {
+    this.#wake();
   }
 
   #wake(): void {

@@ -46,7 +46,11 @@ export interface ListenAddress {
 export interface Timeouts {
   /** From accept to a complete request. Default 10 s. */
   handshake?: number;
-  /** Resolution plus all connection attempts. Default 10 s. */
+  /**
+   * Resolution plus all connection attempts. Default 10 s. Checked every
+   * tenth of it (at most every second, at least every 25 ms), so it fires up
+   * to that much late.
+   */
   connect?: number;
   /** A relay with no traffic either way is closed after this. Default 5 min. */
   idle?: number;
@@ -137,7 +141,7 @@ export interface Gateway {
   readonly startedAt: number;
   /** `true` once {@linkcode Gateway.shutdown} has been called: not ready for new clients. */
   readonly draining: boolean;
-  /** A snapshot of the live sessions. */
+  /** A snapshot of the live sessions, oldest first. */
   sessions(): SessionInfo[];
   /**
    * Cuts one session now: closes both of its sockets (the client sees EOF)
@@ -158,8 +162,10 @@ export interface Gateway {
    * first, and if one cannot be bound the reload rejects with a
    * {@linkcode ListenError} and nothing changes; then the listeners no longer
    * listed are closed. `options` replaces the whole previous set (an omitted
-   * hook falls back to its default), except `logger`, which is kept. Reloads
-   * run one at a time; a reload during shutdown rejects.
+   * hook falls back to its default), except `logger`, which is kept. The
+   * limits apply at once: `maxSessions` to the next client, `maxHandshakes`
+   * to the handshakes already under way. Reloads run one at a time; a reload
+   * during shutdown rejects.
    *
    * @example
    * ```ts ignore
@@ -460,7 +466,9 @@ export function serve(options: ServeOptions = {}): Gateway {
   const acceptLoop = async (entry: Listening) => {
     const { listener } = entry;
     while (!stopping && !entry.closed) {
-      if (gate.limit > 0 && (await gate.ready())) stats.acceptsHeld++;
+      if (gate.limit > 0 && (await gate.ready(() => stopping || entry.closed))) {
+        stats.acceptsHeld++;
+      }
       if (stopping || entry.closed) return;
       let conn: Deno.TcpConn;
       try {
@@ -493,6 +501,7 @@ export function serve(options: ServeOptions = {}): Gateway {
   };
   const closeListener = (entry: Listening) => {
     entry.closed = true;
+    gate.wakeAll(); // a loop waiting at the gate sees `closed` now
     try {
       entry.listener.close();
     } catch { /* already closed */ }
@@ -605,7 +614,7 @@ export function serve(options: ServeOptions = {}): Gateway {
       return stopping;
     },
     sessions: () =>
-      sessions.snapshot().map((s) => ({
+      sessions.snapshot().sort((a, b) => a.id - b.id).map((s) => ({
         id: s.id,
         client: formatAddr(s.client),
         user: s.user,

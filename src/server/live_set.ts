@@ -28,6 +28,9 @@ export class LiveSet<T extends Slotted> {
 
   /** Adds `item`, which must not be in a set already. */
   add(item: T): void {
+    if (item.slot !== -1) {
+      throw new Error(`expected an item in no set, found one at slot ${item.slot}`);
+    }
     item.slot = this.#items.length;
     this.#items.push(item);
   }

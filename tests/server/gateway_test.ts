@@ -520,6 +520,33 @@ Deno.test("gateway: clients that send nothing do not hold the handshake gate shu
       3,
       "silent ones wait",
     );
+    assert.ok(gw.stats.acceptsHeld > 0, "the gate held the accept loop");
+  } finally {
+    for (const c of silent) c.close();
+    await gw.shutdown({ grace: 0 });
+    await dest.close();
+  }
+});
+
+Deno.test("gateway: max_handshakes 0 never holds accepting; a reload turns the gate on", async () => {
+  const dest = echoServer("127.0.0.1");
+  const { gw, v4 } = gateway({ maxHandshakes: 0, timeouts: { handshake: 60_000 } });
+  const silent: Deno.Conn[] = [];
+  const through = async () => {
+    silent.push(await Deno.connect(v4));
+    const { conn, reply } = await socksConnect(v4, "127.0.0.1", dest.addr.port);
+    assert.equal(reply?.reply, 0);
+    conn.close();
+  };
+  try {
+    for (let i = 0; i < 4; i++) await withTimeout(through(), 5000, "client behind a silent one");
+    assert.equal(gw.stats.acceptsHeld, 0, "no gate");
+    await gw.reload({
+      listen: gw.addrs.map((a) => ({ host: a.hostname, port: a.port })),
+      maxHandshakes: 1,
+    });
+    for (let i = 0; i < 2; i++) await withTimeout(through(), 5000, "client behind a silent one");
+    assert.ok(gw.stats.acceptsHeld > 0, "the reloaded limit applies");
   } finally {
     for (const c of silent) c.close();
     await gw.shutdown({ grace: 0 });
