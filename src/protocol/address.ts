@@ -20,27 +20,37 @@ export type Family = 4 | 6;
  * ```
  */
 export function parseIPv4(text: string): Uint8Array | null {
+  const out = new Uint8Array(4);
+  return scanIPv4(text, out) ? out : null;
+}
+
+/**
+ * The dotted-quad scanner behind {@linkcode parseIPv4}: writes the bytes to
+ * `out` when given. A string it accepts is already canonical (no leading
+ * zeros, no spaces), so callers that only need to know can skip the bytes.
+ */
+function scanIPv4(text: string, out?: Uint8Array): boolean {
   // A hand-written scanner: this runs several times per session.
   const len = text.length;
-  if (len < 7 || len > 15) return null;
-  const out = new Uint8Array(4);
+  if (len < 7 || len > 15) return false;
   let part = 0;
   let value = 0;
   let digits = 0;
   for (let i = 0; i <= len; i++) {
     const c = i < len ? text.charCodeAt(i) : 46; // a virtual "." at the end
     if (c === 46) {
-      if (digits === 0 || part > 3) return null;
-      out[part++] = value;
+      if (digits === 0 || part > 3) return false;
+      if (out) out[part] = value;
+      part++;
       value = 0;
       digits = 0;
     } else if (c >= 48 && c <= 57) {
-      if (digits > 0 && value === 0) return null; // a leading zero
+      if (digits > 0 && value === 0) return false; // a leading zero
       value = value * 10 + (c - 48);
-      if (++digits > 3 || value > 255) return null;
-    } else return null;
+      if (++digits > 3 || value > 255) return false;
+    } else return false;
   }
-  return part === 4 ? out : null;
+  return part === 4;
 }
 
 /**
@@ -134,7 +144,7 @@ export function unbracket(host: string): string {
  */
 export function ipFamily(host: string): Family | null {
   const h = unbracket(host);
-  if (parseIPv4(h)) return 4;
+  if (scanIPv4(h)) return 4;
   if (parseIPv6(h)) return 6;
   return null;
 }
@@ -146,8 +156,8 @@ export function ipFamily(host: string): Family | null {
  */
 export function normalizeIp(host: string): { host: string; family: Family } | null {
   const h = unbracket(host);
-  const v4 = parseIPv4(h);
-  if (v4) return { host: formatIPv4(v4), family: 4 };
+  // An accepted dotted quad is canonical as it stands: no bytes, no new string.
+  if (scanIPv4(h)) return { host: h, family: 4 };
   const v6 = parseIPv6(h);
   if (!v6) return null;
   if (isIPv4Mapped(v6)) return { host: formatIPv4(v6.subarray(12)), family: 4 };
