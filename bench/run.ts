@@ -41,7 +41,9 @@ const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 const NOFILE = 20000;
 /** Two fds per relay: below the fd limit, above the 8000 held relays. */
 const DUALSOCKS_MAX_SESSIONS = 9900;
-const ALL = ["direct", "dante", "microsocks", "dualsocks"] as const;
+const ALL = ["direct", "dante", "microsocks", "dualsocks", "floor"] as const;
+/** What runs without `--only`: "floor" (bench/floor_relay.ts) is asked for by name. */
+const DEFAULT_ONLY: readonly Name[] = ["direct", "dante", "microsocks", "dualsocks"];
 type Name = typeof ALL[number];
 
 // ------------------------------------------------------------- options --
@@ -50,7 +52,8 @@ const HELP = `usage: deno run -A bench/run.ts [options]
 
   --rounds N           rounds (default 3); every round restarts the proxies
   --quick              1 round, 1 s iperf3 runs, 1.5 s session runs, 2000 relays
-  --only a,b,...       subset of: ${ALL.join(",")}
+  --only a,b,...       subset of: ${ALL.join(",")} (default: all but floor,
+                       the feature-less Deno relay in bench/floor_relay.ts)
   --iperf-seconds S    iperf3 -t (default 3)
   --session-seconds S  measurement time per sessions/s run (default 5)
   --hold N             idle relays for the memory test (default 8000)
@@ -108,7 +111,7 @@ function parseOptions(args: string[]): Options {
     }
     return n;
   };
-  const only = (values.only ?? ALL.join(",")).split(",").map((s) => s.trim())
+  const only = (values.only ?? DEFAULT_ONLY.join(",")).split(",").map((s) => s.trim())
     .filter(Boolean);
   for (const o of only) {
     if (!(ALL as readonly string[]).includes(o)) {
@@ -343,6 +346,16 @@ socks pass {
       "-i",
       "127.0.0.1",
       "-p",
+      String(port),
+    ]);
+  } else if (name === "floor") {
+    env.LOGF = "/dev/null";
+    r.log = undefined;
+    [cmd, args] = wrapped(Deno.execPath(), [
+      "run",
+      "--allow-net",
+      `${BENCH}/floor_relay.ts`,
+      "127.0.0.1",
       String(port),
     ]);
   } else {
@@ -961,7 +974,7 @@ function summarize(names: Name[], defs: MetricDef[]) {
     const ds = row.dualsocks?.median;
     if (ds === undefined) continue;
     const r: Record<string, number> = {};
-    for (const other of ["dante", "microsocks", "direct"] as const) {
+    for (const other of ["dante", "microsocks", "direct", "floor"] as const) {
       const o = row[other]?.median;
       if (o !== undefined && o !== 0) r[`vs_${other}`] = ds / o;
     }
@@ -979,7 +992,7 @@ function markdown(
   prof?: ProfileSummary,
 ): string {
   const { table, ratios } = summarize(names, defs);
-  const others = (["dante", "microsocks", "direct"] as const).filter((o) =>
+  const others = (["dante", "microsocks", "direct", "floor"] as const).filter((o) =>
     names.includes(o) && names.includes("dualsocks")
   );
   const out: string[] = [];
