@@ -349,10 +349,9 @@ export function serve(options: ServeOptions = {}): Gateway {
       splitHostPort(s.resolved)?.host === peer
     )?.localAddress;
   };
-  let settings: Settings;
   const gate = new HandshakeGate(0);
   const shared: Shared = { stats, localAddressToward, handshakeDone: (id) => gate.release(id) };
-  settings = settingsFrom(options, shared);
+  let settings = settingsFrom(options, shared);
   gate.limit = settings.maxHandshakes;
   const startedAt = Date.now();
 
@@ -378,7 +377,7 @@ export function serve(options: ServeOptions = {}): Gateway {
   let lastRejectLog = 0;
   let drained: (() => void) | null = null;
 
-  // One timer sweeps every session for handshake and idle timeouts.
+  // One timer sweeps every session for the handshake, connect and idle timeouts.
   const sweep = () => {
     const now = performance.now();
     for (const s of sessions.snapshot()) {
