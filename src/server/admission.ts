@@ -92,6 +92,11 @@ export class HandshakeGate {
     }
   }
 
+  /** `true` when a new session would have to wait (before expiring slow handshakes). */
+  get shut(): boolean {
+    return this.limit > 0 && this.#counted.size >= this.limit;
+  }
+
   /** Handshakes that count against the limit now. */
   get size(): number {
     return this.#counted.size;

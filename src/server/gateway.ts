@@ -464,10 +464,10 @@ export function serve(options: ServeOptions = {}): Gateway {
 
   const acceptLoop = async (entry: Listening) => {
     const { listener } = entry;
+    const cancelled = () => stopping || entry.closed;
     while (!stopping && !entry.closed) {
-      if (gate.limit > 0 && (await gate.ready(() => stopping || entry.closed))) {
-        stats.acceptsHeld++;
-      }
+      // Checked first so that an open gate costs no promise per client.
+      if (gate.shut && (await gate.ready(cancelled))) stats.acceptsHeld++;
       if (stopping || entry.closed) return;
       let conn: Deno.TcpConn;
       try {

@@ -28,8 +28,10 @@ Deno.test("gate: shut at the limit while busy, open again when a handshake ends"
   assert.equal(await bounded(gate.ready()), false, "open: no wait");
   gate.admit(1);
   assert.equal(await bounded(gate.ready()), false);
+  assert.equal(gate.shut, false);
   gate.admit(2);
   assert.equal(gate.size, 2);
+  assert.equal(gate.shut, true);
   const ready = gate.ready();
   // Well past the idle grace: still shut, since the gateway is busy.
   assert.equal(await stateAfter(ready, IDLE_GRACE_MS * 4), "pending");
