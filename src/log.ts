@@ -30,6 +30,23 @@ const LEVELS = { debug: 0, info: 1, warning: 2, error: 3 } as const;
 const NOTHING = () => {};
 
 /**
+ * `false` when `method` is a level that {@linkcode withLevel} switched off,
+ * so that a caller can skip building the properties too. Any other logger
+ * method counts as enabled.
+ *
+ * @example
+ * ```ts
+ * import { enabled, libraryLogger, withLevel } from "./log.ts";
+ * const logger = withLevel(libraryLogger("gateway"), "warning");
+ * enabled(logger.info); // false
+ * enabled(logger.warn); // true
+ * ```
+ */
+export function enabled(method: GatewayLogger["info"]): boolean {
+  return method !== NOTHING;
+}
+
+/**
  * Wraps `logger` so that calls below `level` return at once, before any
  * record is built: LogTape builds a whole record before it looks at the
  * level, and the gateway logs once per session.

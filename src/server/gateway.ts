@@ -9,7 +9,7 @@ import { joinHostPort, normalizeIp, splitHostPort } from "../protocol/address.ts
 import { replyText } from "../protocol/constants.ts";
 import { type Authenticator, staticUsers, type User } from "../policy/auth.ts";
 import { compileRules, type RuleConfig } from "../policy/rules.ts";
-import { type GatewayLogger, libraryLogger } from "../log.ts";
+import { enabled, type GatewayLogger, libraryLogger } from "../log.ts";
 import { defaultDialer, type Dialer } from "./dialer.ts";
 import {
   type FamilyPolicy,
@@ -418,6 +418,12 @@ export function serve(options: ServeOptions = {}): Gateway {
       stats.bytesByType[s.type].down += s.bytesDown;
     }
     if (s.reply !== undefined) stats.replies[s.reply] = (stats.replies[s.reply] ?? 0) + 1;
+    if (enabled(log.info)) logSession(s);
+    if (stopping && sessions.size === 0) drained?.();
+  };
+
+  /** The one line per session, at info level. */
+  const logSession = (s: Session) => {
     const durationMs = Date.now() - s.startedAt;
     const props = {
       id: s.id,
@@ -437,7 +443,6 @@ export function serve(options: ServeOptions = {}): Gateway {
       "session {id} {type} {client} user={user} {command} {destination} -> {resolved} reply={reply} up={bytesUp} down={bytesDown} {durationMs}ms: {reason}",
       props,
     );
-    if (stopping && sessions.size === 0) drained?.();
   };
 
   const handle = (conn: Deno.TcpConn) => {
