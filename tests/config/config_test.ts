@@ -11,6 +11,7 @@ import {
   parseDuration,
   parseHostPort,
 } from "../../src/config/config.ts";
+import { optionsFromConfig } from "../../src/config/options.ts";
 
 const FILE = "dualsocks.yaml";
 const parse = (text: string): Config => parseConfig(text, { file: FILE });
@@ -1094,4 +1095,11 @@ Deno.test("routes, bind and udp: errors name the key, line and column", () => {
     path: "bind.strict_peer",
     expected: "true or false",
   });
+});
+
+Deno.test("optionsFromConfig passes the limits on to the gateway", () => {
+  const options = optionsFromConfig(parse("limits: {max_sessions: 7, max_handshakes: 3}"));
+  assert.equal(options.maxSessions, 7);
+  assert.equal(options.maxHandshakes, 3);
+  assert.equal(optionsFromConfig(DEFAULT_CONFIG).maxHandshakes, 32);
 });
