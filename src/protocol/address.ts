@@ -265,6 +265,19 @@ export function joinHostPort(host: string, port: number): string {
  */
 export function isLoopback(host: string): boolean {
   const ip = normalizeIp(host);
-  if (!ip) return false;
+  return ip !== null && isLoopbackIp(ip);
+}
+
+/**
+ * {@linkcode isLoopback} for an address already returned by
+ * {@linkcode normalizeIp}: no parsing again.
+ *
+ * @example
+ * ```ts
+ * import { isLoopbackIp, normalizeIp } from "./address.ts";
+ * isLoopbackIp(normalizeIp("::ffff:127.0.0.1")!); // true
+ * ```
+ */
+export function isLoopbackIp(ip: { host: string; family: Family }): boolean {
   return ip.family === 4 ? ip.host.startsWith("127.") : ip.host === "::1";
 }

@@ -6,7 +6,13 @@
  */
 
 import { BufferedReader } from "../io/buffered_reader.ts";
-import { type Family, isLoopback, joinHostPort, normalizeIp } from "../protocol/address.ts";
+import {
+  type Family,
+  isLoopback,
+  isLoopbackIp,
+  joinHostPort,
+  normalizeIp,
+} from "../protocol/address.ts";
 import type { Slotted } from "./live_set.ts";
 import {
   decodeCredentials,
@@ -148,7 +154,7 @@ export class Session implements RelayStats, Slotted {
     const ip = normalizeIp(addr.hostname);
     this.client = { ...addr, hostname: ip?.host ?? addr.hostname };
     this.clientFamily = ip?.family ?? 4;
-    this.clientLoopback = ip !== null && isLoopbackIp(ip.host, ip.family);
+    this.clientLoopback = ip !== null && isLoopbackIp(ip);
     this.#conns.push(conn);
   }
 
@@ -458,11 +464,6 @@ function loopbackGuard(ctx: SessionContext, s: Session): boolean {
   return !ctx.rules && !s.clientLoopback;
 }
 
-/** Loopback, for an address already in {@linkcode normalizeIp}'s canonical form. */
-function isLoopbackIp(host: string, family: Family): boolean {
-  return family === 4 ? host.startsWith("127.") : host === "::1";
-}
-
 /** `0.0.0.0` or `::`: this host, as a destination. */
 function isUnspecified(ip: string): boolean {
   return ip === "0.0.0.0" || ip === "::";
@@ -505,7 +506,7 @@ async function destinationAddresses(
   const families = allowedFamilies(ctx.family);
   const guard = command !== "bind" && loopbackGuard(ctx, s);
   if (literal) {
-    if (guard && (isLoopbackIp(literal.host, literal.family) || isUnspecified(literal.host))) {
+    if (guard && (isLoopbackIp(literal) || isUnspecified(literal.host))) {
       throw loopbackRefused(host, port);
     }
     if (!families.includes(literal.family)) {
