@@ -119,7 +119,7 @@ export class HandshakeGate {
         // window, since the CPU share decides the grace time.
         this.#timer = setTimeout(() => {
           this.#timer = undefined;
-          this.#wake();
+          this.wakeAll();
         }, Math.min(next, SAMPLE_MS));
       }
       waited = true;
@@ -135,15 +135,11 @@ export class HandshakeGate {
 
   /** The session's handshake is over (replied, failed or ended): it stops counting. */
   release(id: number): void {
-    if (this.#counted.delete(id)) this.#wake();
+    if (this.#counted.delete(id)) this.wakeAll();
   }
 
   /** Wakes every waiter to look again (at its `cancelled`, when stopping). */
   wakeAll(): void {
-    this.#wake();
-  }
-
-  #wake(): void {
     if (this.#waiters.length === 0) return;
     const waiters = this.#waiters;
     this.#waiters = [];
