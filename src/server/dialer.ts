@@ -82,6 +82,8 @@ function dialFrom(target: DialTarget, options: DialOptions): Promise<RelayConn> 
       family: target.family,
       localAddress: options.localAddress,
       noDelay: true,
+      // A destination's FIN ends only its direction: uploads go on.
+      allowHalfOpen: true,
     });
     const onAbort = () => {
       socket.destroy();

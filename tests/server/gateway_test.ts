@@ -341,39 +341,53 @@ Deno.test("gateway: family policy orders and filters resolved addresses", async 
   }
 });
 
-Deno.test("gateway: half-close is propagated in both directions", async () => {
-  // Destination reads to EOF, then answers with what it got, then closes.
-  const dest = startServer("127.0.0.1", async (conn) => {
-    const got = await readAll(conn);
-    await writeAll(conn, enc.encode(`got ${got.length}`));
-  });
-  // Destination that sends first and closes its write side, then echoes.
-  const talker = startServer("::1", async (conn) => {
-    await writeAll(conn, enc.encode("hello"));
-    await conn.closeWrite();
-    const got = await readAll(conn);
-    assert.equal(dec.decode(got), "still here");
-  });
-  const { gw, v6, v4 } = gateway();
-  try {
-    const a = await socksConnect(v6, "127.0.0.1", dest.addr.port);
-    await writeAll(a.conn, new Uint8Array(100_000));
-    await a.conn.closeWrite();
-    assert.equal(dec.decode(await readAll(a.conn)), "got 100000");
-    a.conn.close();
+for (
+  const [label, options] of [
+    ["", {}],
+    [" (outbound source address: node:net dialer)", {
+      outbound: { ipv4: "127.0.0.1", ipv6: "::1" },
+    }],
+  ] as const
+) {
+  Deno.test(`gateway: half-close is propagated in both directions${label}`, async () => {
+    // Destination reads to EOF, then answers with what it got, then closes.
+    const dest = startServer("127.0.0.1", async (conn) => {
+      const got = await readAll(conn);
+      await writeAll(conn, enc.encode(`got ${got.length}`));
+    });
+    // Destination that sends first and closes its write side, then reads on.
+    const heard = Promise.withResolvers<string>();
+    const talker = startServer("::1", async (conn) => {
+      try {
+        await writeAll(conn, enc.encode("hello"));
+        await conn.closeWrite();
+        heard.resolve(dec.decode(await readAll(conn)));
+      } catch (error) {
+        heard.reject(error);
+      }
+    });
+    const { gw, v6, v4 } = gateway(options);
+    try {
+      const a = await socksConnect(v6, "127.0.0.1", dest.addr.port);
+      await writeAll(a.conn, new Uint8Array(100_000));
+      await a.conn.closeWrite();
+      assert.equal(dec.decode(await readAll(a.conn)), "got 100000");
+      a.conn.close();
 
-    const b = await socksConnect(v4, "::1", talker.addr.port);
-    assert.equal(dec.decode(await readAll(b.conn)), "hello", "the destination's FIN reached us");
-    await writeAll(b.conn, enc.encode("still here"));
-    await b.conn.closeWrite();
-    b.conn.close();
-  } finally {
-    await gw.shutdown({ grace: 1000 });
-    await dest.close();
-    await talker.close();
-  }
-  assert.equal(talker.peers.length, 1);
-});
+      const b = await socksConnect(v4, "::1", talker.addr.port);
+      assert.equal(dec.decode(await readAll(b.conn)), "hello", "the destination's FIN reached us");
+      await writeAll(b.conn, enc.encode("still here"));
+      await b.conn.closeWrite();
+      assert.equal(await heard.promise, "still here", "data sent after the destination's FIN");
+      b.conn.close();
+    } finally {
+      await gw.shutdown({ grace: 1000 });
+      await dest.close();
+      await talker.close();
+    }
+    assert.equal(talker.peers.length, 1);
+  });
+}
 
 Deno.test("gateway: 64 MiB each way at the same time, checksums match", async () => {
   const SIZE = 64 * 1024 * 1024;
