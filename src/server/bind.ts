@@ -176,10 +176,18 @@ export async function acceptPeer(
       const from = normalizeIp(conn.remoteAddr.hostname)!;
       const addressOk = !strictPeer || isUnspecified(peer.address) || from.host === peer.address;
       const portOk = !strictPeer || request.port === 0 || conn.remoteAddr.port === request.port;
-      if (
-        addressOk && portOk &&
-        (!options.allowed || await options.allowed(from.host, conn.remoteAddr.port))
-      ) return conn;
+      let allowed = addressOk && portOk;
+      try {
+        if (allowed && options.allowed) {
+          allowed = await options.allowed(from.host, conn.remoteAddr.port);
+        }
+      } catch (error) {
+        // The rules could not decide (a failing hook, or the wait ended):
+        // the peer is not handed over, so it is closed here.
+        conn.close();
+        throw error;
+      }
+      if (allowed) return conn;
       options.onRejected?.(joinHostPort(from.host, conn.remoteAddr.port));
       conn.close();
     }

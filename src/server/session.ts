@@ -137,7 +137,7 @@ export class Session implements RelayStats, Slotted {
   lastActive = 0;
   /** True once {@linkcode abort} ran: the session is over. */
   aborted = false;
-  /** The blocking operation under way (a connect), aborted with the session. */
+  /** The blocking operation under way (a connect, or the name lookup of a BIND), aborted with the session. */
   pending?: AbortController;
   /**
    * `performance.now()` by which the connect under way must finish, 0 when
@@ -349,7 +349,11 @@ async function connectCommand(c: CommandCall): Promise<Started> {
 
 async function bindCommand(c: CommandCall): Promise<Started> {
   const { s, ctx, request, conn } = c;
-  const [peer] = await destinationAddresses(request.address.host, request.port, "bind", s, ctx);
+  const [peer] = await underConnectDeadline(
+    s,
+    ctx,
+    (signal) => destinationAddresses(request.address.host, request.port, "bind", s, ctx, signal),
+  );
   const listener = bindListen({
     peer,
     controlLocal: netAddr(conn.localAddr),
@@ -362,14 +366,19 @@ async function bindCommand(c: CommandCall): Promise<Started> {
   // Watch the control connection: a client that gives up ends the wait.
   const client = new PrefetchedConn(conn);
   let incoming: Deno.TcpConn;
+  const signal = AbortSignal.any([
+    AbortSignal.timeout(ctx.bind?.acceptTimeout ?? 60_000),
+    s.signal,
+  ]);
   try {
     incoming = await acceptPeer(listener, request, {
       peer,
       strictPeer: ctx.bind?.strictPeer ?? true,
-      signal: AbortSignal.any([AbortSignal.timeout(ctx.bind?.acceptTimeout ?? 60_000), s.signal]),
+      signal,
       clientGone: client.first,
       allowed: ctx.rules
-        ? async (host, port) => (await decide(ctx, s, "bind", host, port)).action === "allow"
+        ? async (host, port) =>
+          (await decide(ctx, s, "bind", host, port, signal)).action === "allow"
         : undefined,
     });
   } catch (error) {
@@ -549,20 +558,14 @@ async function destinationAddresses(
   return addresses;
 }
 
-async function connectTarget(
+function connectTarget(
   request: SocksRequest,
   s: Session,
   ctx: SessionContext,
 ): Promise<RelayConn> {
   const { host } = request.address;
   const { port } = request;
-  // One controller for the whole connect: the gateway's sweeper aborts it at
-  // the deadline, and the session's end aborts it.
-  const controller = new AbortController();
-  const { signal } = controller;
-  s.pending = controller;
-  s.connectDeadline = performance.now() + ctx.connectTimeout;
-  try {
+  return underConnectDeadline(s, ctx, async (signal) => {
     const chain = ctx.routes?.({
       client: { host: s.client.hostname, port: s.client.port },
       user: s.user,
@@ -584,6 +587,26 @@ async function connectTarget(
       signal,
       localAddress: ctx.outbound,
     });
+  });
+}
+
+/**
+ * Runs `work` under the connect timeout: one controller for all of it
+ * (resolving, rules, dialing), which the gateway's sweeper aborts at the
+ * deadline with a {@linkcode ConnectTimeoutError} (reply 4), and which the
+ * session's end aborts too.
+ */
+async function underConnectDeadline<T>(
+  s: Session,
+  ctx: SessionContext,
+  work: (signal: AbortSignal) => Promise<T>,
+): Promise<T> {
+  const controller = new AbortController();
+  const { signal } = controller;
+  s.pending = controller;
+  s.connectDeadline = performance.now() + ctx.connectTimeout;
+  try {
+    return await work(signal);
   } catch (error) {
     if (signal.reason instanceof ConnectTimeoutError && !s.aborted) throw signal.reason;
     throw error;

@@ -12,6 +12,14 @@ import { serve, type ServeOptions } from "../../src/server/gateway.ts";
 import { ResolveError } from "../../src/server/errors.ts";
 import type { Resolver } from "../../src/server/resolver.ts";
 import { bind as socksBind, udpAssociate } from "../../src/client/mod.ts";
+import { BufferedReader } from "../../src/io/buffered_reader.ts";
+import {
+  decodeMethodSelection,
+  decodeReply,
+  encodeGreeting,
+  encodeRequest,
+  toSocksAddress,
+} from "../../src/protocol/codec.ts";
 import { gatewayAddr, readN, recordingLogger, withTimeout, writeAll } from "../helpers.ts";
 
 const T = 10_000;
@@ -168,6 +176,57 @@ Deno.test("BIND accepts only the expected peer, and times out with reply 4", asy
     await withTimeout(late.bound, T, "first reply");
     await assert.rejects(withTimeout(late.established, T, "second reply"), /4|unreachable/i);
     await logger.waitFor((p) => /accept timeout/.test(String(p.reason)));
+  } finally {
+    await gw.shutdown({ grace: 0 });
+  }
+});
+
+/** Sends a BIND request with our codec and returns the connection, its reader and the first reply. */
+async function rawBind(proxy: { hostname: string; port: number }, host: string, port = 0) {
+  const conn = await Deno.connect(proxy);
+  const reader = new BufferedReader(conn);
+  await writeAll(conn, encodeGreeting({ methods: [0] }));
+  assert.equal(await reader.decode(decodeMethodSelection, "method"), 0);
+  await writeAll(conn, encodeRequest({ command: 2, address: toSocksAddress(host), port }));
+  const reply = () => withTimeout(reader.decode(decodeReply, "reply"), T, "a BIND reply");
+  return { conn, reply };
+}
+
+Deno.test("BIND: a rules hook that fails for the peer fails the BIND and closes the peer", async () => {
+  const { gw, v4, logger } = gateway({
+    // The request (port 0) is allowed; the check of the peer that connects throws.
+    rules: (ctx) => {
+      if (ctx.destination.port !== 0) throw new Error("rules backend unavailable");
+      return { action: "allow" };
+    },
+  });
+  try {
+    const { conn, reply } = await rawBind(v4, "127.0.0.1");
+    const first = await reply();
+    assert.equal(first.reply, 0);
+    const peer = await Deno.connect({ hostname: first.address.host, port: first.port });
+    assert.equal((await reply()).reply, 1, "the second reply says general failure");
+    const eof = await withTimeout(peer.read(new Uint8Array(1)), T, "the peer's EOF");
+    assert.equal(eof, null, "the peer that was not handed over is closed");
+    peer.close();
+    conn.close();
+    await logger.waitFor((p) => /rules backend unavailable/.test(String(p.reason)));
+  } finally {
+    await gw.shutdown({ grace: 0 });
+  }
+});
+
+Deno.test("BIND: a name whose resolution stalls gets reply 4 at the connect timeout", async () => {
+  const { gw, v4, logger } = gateway({
+    timeouts: { connect: 200 },
+    resolver: () => new Promise(() => {}), // a DNS server that never answers
+  });
+  try {
+    const { conn, reply } = await rawBind(v4, "peer.test", 21);
+    assert.equal((await reply()).reply, 4);
+    conn.close();
+    await logger.waitFor((p) => /timed out/.test(String(p.reason)));
+    assert.equal(gw.sessions().length, 0);
   } finally {
     await gw.shutdown({ grace: 0 });
   }
