@@ -218,7 +218,7 @@ export class ConfigError extends Error {
 
 const HOST_PORT_EXPECTED = "HOST:PORT with an IP literal host (IPv6 in brackets)";
 const NAMESERVER_EXPECTED =
-  "an IP literal with an optional :PORT (IPv6 in brackets when a port is given)";
+  "an IP literal with an optional :PORT from 1 to 65535 (IPv6 in brackets when a port is given)";
 
 function tryHostPort(text: string, defaultPort?: number): HostPort | null {
   const t = text.trim();
@@ -438,7 +438,11 @@ const nonNegativeInt = scalar(
 const hostPort = (defaultPort?: number): Check =>
   scalar(
     defaultPort === undefined ? HOST_PORT_EXPECTED : NAMESERVER_EXPECTED,
-    (v) => typeof v === "string" ? tryHostPort(v, defaultPort) : null,
+    (v) => {
+      const hp = typeof v === "string" ? tryHostPort(v, defaultPort) : null;
+      // A nameserver on port 0 would fail every lookup at run time.
+      return hp && defaultPort !== undefined && hp.port === 0 ? null : hp;
+    },
   );
 
 const ipLiteral = (family: 4 | 6): Check =>

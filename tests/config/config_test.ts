@@ -452,6 +452,13 @@ Deno.test("error: nameservers", () => {
       expected: /^an IP literal with an optional :PORT/,
     },
   );
+  assertConfigError('resolver:\n  nameservers:\n    - "[2001:db8::53]:0"\n', {
+    path: "resolver.nameservers[0]",
+    line: 3,
+    column: 7,
+    found: '"[2001:db8::53]:0"',
+    expected: /:PORT from 1 to 65535/,
+  });
   assertConfigError('resolver: {nameservers: ["192.0.2.1", "192.0.2.1:53"]}', {
     path: "resolver.nameservers[1]",
     message: /duplicate "192.0.2.1:53"/,
