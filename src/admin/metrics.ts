@@ -62,6 +62,8 @@ export interface GatewaySnapshot {
     rejected: number;
     /** Times accepting waited for the handshake limit. */
     acceptsHeld: number;
+    /** Failed accepts (clients that reset before being accepted, fd exhaustion). */
+    acceptErrors: number;
     /** Live now. */
     active: number;
     /** Live now, by phase. */
@@ -117,6 +119,7 @@ function snapshotFrom(gateway: Gateway, live: SessionInfo[]): GatewaySnapshot {
       total: st.sessionsTotal,
       rejected: st.sessionsRejected,
       acceptsHeld: st.acceptsHeld,
+      acceptErrors: st.acceptErrors,
       active: live.length,
       byPhase,
     },
@@ -217,6 +220,7 @@ export const METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
  * | `dualsocks_sessions_total` | counter | |
  * | `dualsocks_sessions_rejected_total` | counter | |
  * | `dualsocks_accepts_held_total` | counter | |
+ * | `dualsocks_accept_errors_total` | counter | |
  * | `dualsocks_sessions_active` | gauge | `phase` |
  * | `dualsocks_requests_total` | counter | `command` |
  * | `dualsocks_relays_total` | counter | `type` (A-D) |
@@ -262,6 +266,12 @@ export function renderMetrics(gateway: Gateway): string {
     "counter",
     "Times accepting waited because limits.max_handshakes handshakes were under way.",
     snap.sessions.acceptsHeld,
+  );
+  out.single(
+    "dualsocks_accept_errors_total",
+    "counter",
+    "Failed accepts: clients that reset before being accepted, or errors such as EMFILE.",
+    snap.sessions.acceptErrors,
   );
   out.family("dualsocks_sessions_active", "gauge", "Live sessions, by phase.");
   for (const phase of PHASES) {

@@ -224,6 +224,13 @@ function requested(entry: string | ListenAddress): Requested {
   return { hostname: ip.host, port, key: joinHostPort(ip.host, port) };
 }
 
+/** An accept that failed because the client reset while queued, not because of this host. */
+function clientLeft(error: unknown): boolean {
+  return error instanceof Deno.errors.NotConnected ||
+    error instanceof Deno.errors.ConnectionReset ||
+    error instanceof Deno.errors.ConnectionAborted;
+}
+
 function bind(
   req: Requested,
   others: readonly { hostname: string; port: number }[] = [],
@@ -375,6 +382,7 @@ export function serve(options: ServeOptions = {}): Gateway {
   let nextId = 1;
   let stopping = false;
   let lastRejectLog = 0;
+  let lastAcceptErrorLog = 0;
   let drained: (() => void) | null = null;
 
   // One timer sweeps every session for the handshake, connect and idle timeouts.
@@ -479,11 +487,22 @@ export function serve(options: ServeOptions = {}): Gateway {
         conn = await listener.accept();
       } catch (error) {
         if (stopping || entry.closed || error instanceof Deno.errors.BadResource) return;
-        // A client that reset before accept, or a transient EMFILE: keep serving.
-        log.warn("accept on {addr} failed: {error}", {
-          addr: formatAddr(listener.addr),
-          error: (error as Error).message,
-        });
+        // Keep serving. A client that reset while queued is its own business
+        // (debug); anything else is a warning, at most one a second, so that
+        // resetting clients or a lasting EMFILE cannot flood the log.
+        stats.acceptErrors++;
+        const fields = { addr: formatAddr(listener.addr), error: (error as Error).message };
+        if (clientLeft(error)) log.debug("accept on {addr}: client already gone: {error}", fields);
+        else {
+          const now = performance.now();
+          if (now - lastAcceptErrorLog > 1000) {
+            lastAcceptErrorLog = now;
+            log.warn("accept on {addr} failed: {error} ({failures} failed accepts in all)", {
+              ...fields,
+              failures: stats.acceptErrors,
+            });
+          }
+        }
         if (/too many open files/i.test((error as Error).message)) {
           await new Promise((r) => setTimeout(r, 50));
         }

@@ -66,6 +66,12 @@ export interface GatewayStats {
    * under way (the next clients stayed in the kernel's accept queue).
    */
   acceptsHeld: number;
+  /**
+   * Failed accepts: mostly clients that reset their connection while it
+   * waited in the accept queue, else errors such as running out of file
+   * descriptors.
+   */
+  acceptErrors: number;
   /** Sessions whose request was read, by command. */
   sessionsByCommand: Record<CommandName, number>;
   /** Relays that were established, by RFC 3089 type. */
@@ -96,6 +102,7 @@ export function newStats(): GatewayStats {
     sessionsTotal: 0,
     sessionsRejected: 0,
     acceptsHeld: 0,
+    acceptErrors: 0,
     sessionsByCommand: { connect: 0, bind: 0, udp: 0, other: 0 },
     relaysByType: { A: 0, B: 0, C: 0, D: 0 },
     bytesByType: {

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { serve, type ServeOptions } from "../../src/server/gateway.ts";
 import { ListenError } from "../../src/server/gateway.ts";
+import { renderMetrics } from "../../src/admin/metrics.ts";
 import { ResolveError } from "../../src/server/errors.ts";
 import type { Resolver } from "../../src/server/resolver.ts";
 import {
@@ -685,4 +686,60 @@ Deno.test("gateway: a second shutdown with a shorter grace cuts the wait", async
   conn.close();
   await gw.finished;
   await dest.close();
+});
+
+Deno.test("gateway: clients that reset while queued for accept are counted, not warned about", async () => {
+  const N = 20;
+  const dest = echoServer("127.0.0.1");
+  const { gw, v4, logger } = gateway();
+  const dir = await Deno.makeTempDir();
+  const flag = `${dir}/done`;
+  // A separate process opens N connections and resets each one (RST) at once.
+  const script = `import { connect } from "node:net";
+let left = ${N};
+for (let i = 0; i < ${N}; i++) {
+  const s = connect({ host: "127.0.0.1", port: ${v4.port} });
+  s.on("connect", () => s.resetAndDestroy());
+  s.on("error", () => {});
+  s.on("close", () => { if (--left === 0) Deno.writeTextFileSync(${JSON.stringify(flag)}, "x"); });
+}`;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["eval", script],
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  try {
+    // Hold this event loop, and with it the gateway's accept loop, until the
+    // child has reset them all: they wait in the kernel's accept queue.
+    const until = Date.now() + 10_000;
+    const exists = () => {
+      try {
+        return Deno.statSync(flag).isFile;
+      } catch {
+        return false;
+      }
+    };
+    while (!exists() && Date.now() < until) { /* busy: no event may run */ }
+    assert.ok(exists(), "the child reset its connections");
+    assert.equal((await child.status).code, 0);
+    // Accepts are served in order: once this client gets through, all N were seen.
+    const { conn, reply } = await withTimeout(
+      socksConnect(v4, "127.0.0.1", dest.addr.port),
+      5000,
+      "a client after the reset ones",
+    );
+    assert.equal(reply?.reply, 0);
+    conn.close();
+    assert.equal(gw.stats.acceptErrors, N);
+    assert.match(renderMetrics(gw), new RegExp(`^dualsocks_accept_errors_total ${N}$`, "m"));
+    assert.equal(gw.stats.sessionsTotal, 1);
+    const accepts = (level: string) =>
+      logger.records.filter((r) => r.level === level && r.message.startsWith("accept on")).length;
+    assert.equal(accepts("warn"), 0, "no warning per resetting client");
+    assert.equal(accepts("debug"), N);
+  } finally {
+    await gw.shutdown({ grace: 0 });
+    await dest.close();
+    await Deno.remove(dir, { recursive: true });
+  }
 });
