@@ -119,6 +119,8 @@ export class Association {
   #peerNames = new Map<string, string>();
   /** Peer addresses the client has sent to: only they may answer (bounded). */
   #peers = new Map<string, true>();
+  /** The largest UDP payload the client's family can carry. */
+  #maxToClient: number;
   #closed = false;
 
   /**
@@ -133,6 +135,7 @@ export class Association {
   ) {
     this.relay = relay;
     this.#client = { ...client };
+    this.#maxToClient = normalizeIp(client.host)?.family === 6 ? 65_527 : 65_507;
     this.#hooks = hooks;
     this.#outboundFrom = options.outbound;
     this.#nameTtl = options.nameCacheTtl ?? 30_000;
@@ -223,6 +226,10 @@ export class Association {
       out = encodeUdpDatagram({ frag: 0, address, port: peer.port }, msg);
     } catch {
       return this.#drop(`cannot encapsulate a reply from ${host}`);
+    }
+    // A full-size reply no longer fits once the SOCKS header is added.
+    if (out.length > this.#maxToClient) {
+      return this.#drop(`reply from ${host} is ${out.length} bytes with its header: too large`);
     }
     this.relay.send(out, this.#client.port, this.#client.host);
     this.counters.down++;

@@ -369,11 +369,15 @@ Deno.test("UDP ASSOCIATE: hostile datagrams are dropped without disturbing the a
     await sendRaw(client, Uint8Array.of(0, 0, 0, 9, 1, 2, 3, 4, 0, 80)); // bad ATYP
     await sendRaw(client, frame("fragment", 1)); // FRAG != 0
     await sendRaw(stranger, frame("wrong source port")); // another port of the same host
+    // The largest datagram the client can send: its echo (+5 bytes) fits an
+    // IPv6 datagram, but not an IPv4 one once the 22-byte header is added.
+    await sendRaw(client, frame("x".repeat(65_507 - 22)));
     await sendRaw(client, frame("still works"));
     const after = SocksClient.parseUDPFrame(await client.next() as never);
     assert.equal(ip(after.remoteHost.host), "::1");
     assert.equal(dec.decode(after.data), "echo:still works");
-    assert.equal(gw.stats.udp.dropped, 4);
+    assert.equal(gw.stats.udp.dropped, 5);
+    assert.equal(gw.stats.udp.toClients, 2, "the oversized echo is not counted as relayed");
     assert.deepEqual(gw.sessions().map((s) => s.type), ["B"]);
     assoc.socket.destroy();
   } finally {
