@@ -3,6 +3,7 @@ import { createHttpClient, FakeDns, SocksConn, socksify } from "../../src/client
 import {
   dante,
   deadline,
+  dualsocks,
   exchange,
   exchangeHalfClose,
   microsocks,
@@ -175,6 +176,14 @@ Deno.test("createHttpClient: fetch through a gateway, names resolved by the gate
     (req) => new Response(`hello ${new URL(req.url).pathname}`),
   );
   try {
+    // v4only.test is known to dualsocks' resolver hook only: the name must
+    // travel to the gateway (socks5h), or the fetch fails.
+    await using ds = await dualsocks.start({ families: [4] });
+    {
+      using client = createHttpClient({ via: ds.url(4) });
+      const res = await fetch(`http://v4only.test:${server.addr.port}/name`, { client });
+      assert.equal(await res.text(), "hello /name");
+    }
     await using gw = await dante.start({ families: [4, 6] });
     {
       using client = createHttpClient({ via: `socks5h://127.0.0.1:${gw.port}` });
