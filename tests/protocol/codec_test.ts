@@ -19,6 +19,7 @@ import {
   toSocksAddress,
 } from "../../src/protocol/codec.ts";
 import { BufferedReader, UnexpectedEofError } from "../../src/io/buffered_reader.ts";
+import { readAll } from "../helpers.ts";
 
 const ADDRESSES: SocksAddress[] = [
   { type: "ipv4", host: "192.0.2.1" },
@@ -181,18 +182,23 @@ Deno.test("buffered reader: messages in one segment or one byte at a time, rest 
   });
   const early = new TextEncoder().encode("GET / HTTP/1.0\r\n\r\n");
   const all = new Uint8Array([...greeting, ...creds, ...request, ...early]);
+  const restLengths: number[] = [];
   for (const step of [1, 2, 7, all.length]) {
-    const r = new BufferedReader(chunked(all, step), 8);
+    const source = chunked(all, step);
+    const r = new BufferedReader(source, 8);
     assert.deepEqual(await r.decode(decodeGreeting, "greeting"), { methods: [0, 2] });
     assert.deepEqual(await r.decode(decodeCredentials, "credentials"), {
       username: "alice",
       password: "s3cret",
     });
     assert.equal((await r.decode(decodeRequest, "request")).address.host, "v6only.test");
-    // Bytes after the request are kept for the relay (only those read so far).
+    // Bytes after the request are kept for the relay: what was read past the
+    // request, followed by what the source still holds, is the early data.
     const rest = r.takeRest();
-    assert.deepEqual(rest, early.subarray(0, rest.length));
+    restLengths.push(rest.length);
+    assert.deepEqual(new Uint8Array([...rest, ...await readAll(source)]), early);
   }
+  assert.ok(restLengths.some((n) => n > 0), `some reads went past the request: ${restLengths}`);
   const r = new BufferedReader(chunked(request.subarray(0, 5), 1));
   await assert.rejects(() => r.decode(decodeRequest, "request"), UnexpectedEofError);
 });
