@@ -60,6 +60,18 @@ Deno.test("reload: a listener that cannot be bound rejects it and changes nothin
   const logger = recordingLogger();
   const gw = serve({ listen: ["127.0.0.1:0"], logger, maxSessions: 5 });
   const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const dest = echoServer("127.0.0.1");
+  const held: Deno.Conn[] = [];
+  // Each refused reload carries maxSessions: 1; none may slip in.
+  const underOldLimit = async () => {
+    for (let i = 0; i < 2; i++) {
+      const { conn, reply } = await socksConnect(tcp(gw.addrs[0]), "127.0.0.1", dest.addr.port);
+      held.push(conn);
+      assert.equal(reply?.reply, 0, `session ${i + 1} of 2 at once, under the old limit of 5`);
+    }
+    for (const c of held.splice(0)) c.close();
+    assert.equal(gw.stats.sessionsRejected, 0);
+  };
   try {
     const before = gw.addrs.map(addrText);
     await assert.rejects(
@@ -73,20 +85,25 @@ Deno.test("reload: a listener that cannot be bound rejects it and changes nothin
         /cannot listen on 127\.0\.0\.1:\d+: address already in use/.test(e.message),
     );
     assert.deepEqual(gw.addrs.map(addrText), before);
+    await underOldLimit();
     await assert.rejects(
-      gw.reload({ listen: ["::1:80"], logger }),
+      gw.reload({ listen: ["::1:80"], logger, maxSessions: 1 }),
       /expected HOST:PORT with an IP literal host/,
     );
+    await underOldLimit();
     await assert.rejects(
-      gw.reload({ rules: [{ action: "maybe" as "allow" }], logger }),
+      gw.reload({ rules: [{ action: "maybe" as "allow" }], logger, maxSessions: 1 }),
       /action/,
     );
+    await underOldLimit();
     assert.deepEqual(gw.addrs.map(addrText), before);
     // The leak check of this test (resource sanitizer) proves the [::1] listener bound
     // for the failed reload was closed again.
   } finally {
+    for (const c of held) c.close();
     taken.close();
     await gw.shutdown({ grace: 0 });
+    await dest.close();
   }
 });
 
