@@ -324,8 +324,10 @@ async function waitEvent(p: Proc, names: string[], timeoutMs = 20_000): Promise<
     () => (found = events(p).find((e) => names.includes(e.event))) !== undefined,
     timeoutMs,
   ).catch(async (e) => {
-    // The script may print its last event and exit between two polls.
-    await new Promise((r) => setTimeout(r, 300));
+    // The script may print its last event and exit between two polls: once
+    // it has exited, look again when its output has been read to the end.
+    if (!p.exited) throw e;
+    await withTimeout(p.drained, 5_000, `${p.name}: end of output`);
     found = events(p).find((x) => names.includes(x.event));
     if (!found) throw e;
   });
@@ -409,7 +411,8 @@ export async function caseBind(topo: Topology, gw: Gateway, c: BindCase) {
       if (r.stdout.trim() !== "read=1") {
         fail(`${ctx}: a stranger (${gwAddr}) should be closed at once (read=1 = EOF)`, r);
       }
-      await new Promise((res) => setTimeout(res, 200));
+      // Anything the stranger set off has reached the client by now, or will
+      // show as the wrong peer in the second reply (checked below).
       const early = events(proc).find((e) => e.event === "accepted" || e.event === "error");
       if (early) fail(`${ctx}: after the stranger the client got ${JSON.stringify(early)}`);
     }

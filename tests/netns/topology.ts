@@ -175,6 +175,11 @@ export class Proc {
     return this.#child.pid;
   }
 
+  /** Settles once stdout and stderr have been read to their end. */
+  get drained(): Promise<void> {
+    return Promise.allSettled(this.#readers).then(() => {});
+  }
+
   /** Everything the process printed so far (stdout and stderr interleaved, capped). */
   get log(): string {
     return this.#log;

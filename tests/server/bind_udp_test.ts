@@ -166,9 +166,15 @@ Deno.test("BIND accepts only the expected peer, and times out with reply 4", asy
     const bnd = await withTimeout(bound, T, "first reply");
     // A stranger from 127.0.0.2 is turned away; the expected peer then gets in.
     const stranger = nodeConnect({ host: bnd.host, port: bnd.port, localAddress: "127.0.0.2" });
-    await new Promise<void>((resolve) => stranger.once("close", () => resolve()));
+    await withTimeout(
+      new Promise<void>((resolve) => stranger.once("close", () => resolve())),
+      T,
+      "the stranger closed",
+    );
     const peer = await Deno.connect({ hostname: bnd.host, port: bnd.port });
-    const { socket } = await withTimeout(established, T, "second reply");
+    const { socket, peer: accepted } = await withTimeout(established, T, "second reply");
+    assert.equal(accepted.host, "127.0.0.1", "the second reply names the expected peer");
+    assert.equal(accepted.port, peer.localAddr.port);
     socket.destroy();
     peer.close();
 
