@@ -5,7 +5,15 @@
  */
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { echoServer, forEachLine, run, socksConnect } from "../helpers.ts";
+import {
+  echoServer,
+  forEachLine,
+  run,
+  socksConnect as socksConnectUnbounded,
+  stopChild,
+  waitExit,
+  withTimeout,
+} from "../helpers.ts";
 import { assertProblem, call, echo, refused, until } from "./helpers.ts";
 
 const MAIN = fileURLToPath(new URL("../../main.ts", import.meta.url));
@@ -22,12 +30,20 @@ async function configFile(yaml: string) {
 }
 
 const flags = (file: string) => ["--allow-net", `--allow-read=${file}`];
+/** How long a gateway process may take to log a line, or to exit once told to. */
+const WAIT_MS = 20_000;
+/** How long a command that should exit at once (a refused config, check-config) may run. */
+const QUICK_MS = 20_000;
 
 interface LogRecord {
   level: string;
   message: string;
   properties: Record<string, unknown>;
 }
+
+/** `socksConnect`, bounded: a gateway that never answers fails the test instead of hanging it. */
+const socksConnect = (...args: Parameters<typeof socksConnectUnbounded>) =>
+  withTimeout(socksConnectUnbounded(...args), WAIT_MS, `SOCKS handshake to port ${args[0].port}`);
 
 function addrOf(text: string) {
   const m = /^\[?([^\]]+)\]?:(\d+)$/.exec(text)!;
@@ -57,13 +73,20 @@ async function startCli(file: string, args: string[] = [], options = { admin: tr
       const found = records.slice(from).find(pred);
       if (!found && ended) throw new Error(`process ended; stderr:\n${raw.join("\n")}`);
       return found;
-    }, 20_000).catch((e) => {
+    }, WAIT_MS).catch((e) => {
       throw new Error(`${e.message}\nstderr:\n${raw.join("\n")}`);
     });
-  const listening = await waitFor("listening", (r) => r.message.startsWith("listening on"));
-  const adminLine = options.admin
-    ? await waitFor("admin", (r) => r.message.startsWith("admin API on"))
-    : undefined;
+  const stop = () => stopChild(child, "the gateway process", { signal: "SIGKILL", output: pump });
+  let listening: LogRecord, adminLine: LogRecord | undefined;
+  try {
+    listening = await waitFor("listening", (r) => r.message.startsWith("listening on"));
+    adminLine = options.admin
+      ? await waitFor("admin", (r) => r.message.startsWith("admin API on"))
+      : undefined;
+  } catch (error) {
+    await stop().catch(() => {}); // not left running when it never got ready
+    throw error;
+  }
   return {
     child,
     records,
@@ -71,15 +94,11 @@ async function startCli(file: string, args: string[] = [], options = { admin: tr
     waitFor,
     socks: String(listening.properties.addrs).split(" ").map(addrOf),
     admin: `http://${adminLine?.properties.addr}`,
-    async status() {
-      const s = await child.status;
-      await pump;
-      return s;
-    },
+    /** The exit status, once the process has exited by itself (bounded) and its stderr was read. */
+    status: (ms = WAIT_MS) => waitExit(child, "the gateway process", { ms, output: pump }),
+    /** Kills the process if it still runs, and waits (bounded) for it to be gone. */
     async [Symbol.asyncDispose]() {
-      if (!ended) child.kill("SIGKILL");
-      await child.status;
-      await pump;
+      await stop();
     },
   };
 }
@@ -233,7 +252,7 @@ Deno.test("cli admin: beyond loopback it needs a token; --admin off and bad valu
     MAIN,
     "--config",
     cfg.file,
-  ]);
+  ], { timeoutMs: QUICK_MS });
   assert.equal(fromFile.code, 1);
   assert.match(
     fromFile.stderr,
@@ -248,7 +267,7 @@ Deno.test("cli admin: beyond loopback it needs a token; --admin off and bad valu
     cfg.file,
     "--admin",
     "[::]:0",
-  ]);
+  ], { timeoutMs: QUICK_MS });
   assert.equal(fromFlag.code, 2);
   assert.match(fromFlag.stderr, /--admin \[::\]:0: an admin API beyond loopback needs a token/);
   const badFlag = await run(Deno.execPath(), [
@@ -257,7 +276,7 @@ Deno.test("cli admin: beyond loopback it needs a token; --admin off and bad valu
     MAIN,
     "--admin",
     "::1:9080",
-  ]);
+  ], { timeoutMs: QUICK_MS });
   assert.equal(badFlag.code, 2);
   assert.match(badFlag.stderr, /--admin: expected HOST:PORT .* or off/);
   // check-config shows the effective admin settings.
@@ -269,7 +288,7 @@ Deno.test("cli admin: beyond loopback it needs a token; --admin off and bad valu
     cfg.file,
     "--admin",
     "off",
-  ]);
+  ], { timeoutMs: QUICK_MS });
   assert.equal(checked.code, 0, checked.stderr);
   assert.match(checked.stdout, /admin:\n {2}listen: off/);
 });

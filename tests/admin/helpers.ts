@@ -8,7 +8,10 @@
 import assert from "node:assert/strict";
 import { type AdminHandlerOptions, createAdminHandler } from "../../src/admin/handler.ts";
 import type { Gateway } from "../../src/server/gateway.ts";
-import { readN, writeAll } from "../helpers.ts";
+import { readN, withTimeout, writeAll } from "../helpers.ts";
+
+/** How long one admin API call, or one echo, may take. */
+const CALL_MS = 10_000;
 
 /** The admin handler served by `Deno.serve` on 127.0.0.1, port 0. */
 export function serveAdmin(gateway: Gateway, options: AdminHandlerOptions = {}) {
@@ -33,10 +36,23 @@ export interface Answer {
   json: any;
 }
 
-/** Fetches `url` and reads the whole body; parses it as JSON when it is JSON. */
-export async function call(url: string, init: RequestInit = {}): Promise<Answer> {
-  const res = await fetch(url, init);
-  const text = await res.text();
+/**
+ * Fetches `url` and reads the whole body; parses it as JSON when it is JSON.
+ * Aborts (rejecting) when the answer takes longer than `ms`, unless `init` has its own signal.
+ */
+export async function call(url: string, init: RequestInit = {}, ms = CALL_MS): Promise<Answer> {
+  const res = await fetch(url, { signal: AbortSignal.timeout(ms), ...init }).catch((error) => {
+    if (error instanceof DOMException && error.name === "TimeoutError") {
+      throw new Error(`${init.method ?? "GET"} ${url}: no answer within ${ms} ms`);
+    }
+    throw error;
+  });
+  const text = await res.text().catch((error) => {
+    if (error instanceof DOMException && error.name === "TimeoutError") {
+      throw new Error(`${init.method ?? "GET"} ${url}: body not read within ${ms} ms`);
+    }
+    throw error;
+  });
   const json = text && res.headers.get("content-type")?.startsWith("application/json")
     ? JSON.parse(text)
     : undefined;
@@ -146,11 +162,16 @@ export function parseExposition(text: string): Exposition {
   };
 }
 
-/** Sends `text` and expects it echoed back. */
-export async function echo(conn: Deno.Conn, text: string): Promise<void> {
+/** Sends `text` and expects it echoed back within `ms`. */
+export async function echo(conn: Deno.Conn, text: string, ms = CALL_MS): Promise<void> {
   const bytes = new TextEncoder().encode(text);
-  await writeAll(conn, bytes);
-  assert.equal(new TextDecoder().decode(await readN(conn, bytes.length)), text);
+  await withTimeout(writeAll(conn, bytes), ms, `sending ${JSON.stringify(text)}`);
+  const back = await withTimeout(
+    readN(conn, bytes.length),
+    ms,
+    `the echo of ${JSON.stringify(text)}`,
+  );
+  assert.equal(new TextDecoder().decode(back), text);
 }
 
 /** Resolves to `null` at EOF, or rejects when the connection stays open longer than `ms`. */

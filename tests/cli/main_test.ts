@@ -7,12 +7,15 @@ import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import denoJson from "../../deno.json" with { type: "json" };
 import {
+  describePredicate,
   echoServer,
   forEachLine,
   gatewayAddr,
   readN,
   run,
   socksConnect,
+  stopChild,
+  waitExit,
   withTimeout,
   writeAll,
 } from "../helpers.ts";
@@ -20,6 +23,12 @@ import { serve } from "../../src/server/gateway.ts";
 
 const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const MAIN = `${ROOT}main.ts`;
+/** How long a gateway process gets to start listening. */
+const START_MS = 20_000;
+/** How long any other wait on a gateway process (a log line, its exit) may take. */
+const WAIT_MS = 20_000;
+/** How long a command that should exit at once (a usage error, check-config) may run. */
+const QUICK_MS = 20_000;
 
 /** The `--allow-*` flags of the compile task, with /etc/dualsocks replaced by `dir`. */
 function binaryFlags(dir: string): string[] {
@@ -65,27 +74,53 @@ async function startCli(
       }
     }
   });
-  const waitFor = (pred: (l: string) => boolean) => {
+  // Settles once stderr has ended: every line the process wrote has been seen.
+  const outputEnded = pump.then(() => {}, () => {});
+  /** The first stderr line `pred` accepts; rejects when stderr ends without one, or after `ms`. */
+  const waitFor = (pred: (l: string) => boolean, ms = WAIT_MS) => {
     const found = lines.find(pred);
     if (found) return Promise.resolve(found);
     return new Promise<string>((resolve, reject) => {
-      waiters.push({ pred, resolve });
-      child.status.then(() =>
-        setTimeout(() => reject(new Error(`process ended; stderr:\n${lines.join("\n")}`)), 100)
-      );
+      const fail = (why: string) => {
+        const i = waiters.indexOf(waiter);
+        if (i < 0) return; // already matched
+        waiters.splice(i, 1);
+        clearTimeout(timer);
+        reject(
+          new Error(`waitFor(${describePredicate(pred)}): ${why}; stderr:\n${lines.join("\n")}`),
+        );
+      };
+      const waiter = {
+        pred,
+        resolve: (l: string) => {
+          clearTimeout(timer);
+          resolve(l);
+        },
+      };
+      const timer = setTimeout(() => fail(`no matching line within ${ms} ms`), ms);
+      waiters.push(waiter);
+      outputEnded.then(() => fail("the process's stderr ended (it exited)"));
     });
   };
-  const listening = JSON.parse(await waitFor((l) => l.includes(ready.text)));
+  const stop = () => stopChild(child, "the gateway process", { signal: "SIGKILL", output: pump });
+  let listening;
+  try {
+    listening = JSON.parse(await waitFor((l) => l.includes(ready.text), START_MS));
+  } catch (error) {
+    await stop().catch(() => {});
+    throw error;
+  }
   const addrs: string[] = listening.properties[ready.addrs].split(" ");
   return {
     child,
     lines,
     addrs,
     waitFor,
-    async status() {
-      const s = await child.status;
-      await pump;
-      return s;
+    /** The exit status, once the process has exited by itself (bounded) and its stderr was read. */
+    status: (ms = WAIT_MS) => waitExit(child, "the gateway process", { ms, output: pump }),
+    /** Kills the process if it still runs, and waits (bounded) for it to be gone. */
+    [Symbol.asyncDispose]: async () => {
+      await stop();
     },
   };
 }
@@ -100,17 +135,25 @@ Deno.test("cli: starts from a config file, relays, and drains on SIGTERM", async
   await using cfg = await configDir(
     `listen: ["[::1]:0", "127.0.0.1:0"]\nshutdown:\n  grace: 30s\nlog:\n  format: json\n`,
   );
-  const gw = await startCli(cfg.dir, ["--config", cfg.file]);
   try {
+    await using gw = await startCli(cfg.dir, ["--config", cfg.file]);
     assert.equal(gw.addrs.length, 2);
-    const { conn, reply } = await socksConnect(addrOf(gw.addrs[0]), "127.0.0.1", dest.addr.port);
-    assert.equal(reply?.reply, 0);
-    gw.child.kill("SIGTERM");
-    await gw.waitFor((l) => l.includes("shutting down"));
-    // The open relay still works during the grace period.
-    await writeAll(conn, new TextEncoder().encode("draining"));
-    assert.equal(new TextDecoder().decode(await readN(conn, 8)), "draining");
-    conn.close();
+    const { conn, reply } = await withTimeout(
+      socksConnect(addrOf(gw.addrs[0]), "127.0.0.1", dest.addr.port),
+      WAIT_MS,
+      "the SOCKS handshake",
+    );
+    try {
+      assert.equal(reply?.reply, 0);
+      gw.child.kill("SIGTERM");
+      await gw.waitFor((l) => l.includes("shutting down"));
+      // The open relay still works during the grace period.
+      await writeAll(conn, new TextEncoder().encode("draining"));
+      const echoed = await withTimeout(readN(conn, 8), WAIT_MS, "the echo during the grace");
+      assert.equal(new TextDecoder().decode(echoed), "draining");
+    } finally {
+      conn.close();
+    }
     const status = await gw.status();
     assert.equal(status.code, 0);
     assert.ok(gw.lines.some((l) => l.includes('"stopped"')), gw.lines.join("\n"));
@@ -129,7 +172,7 @@ Deno.test("cli: a bad config file names the file, key, line and column; nothing 
     MAIN,
     "--config",
     cfg.file,
-  ]);
+  ], { timeoutMs: QUICK_MS });
   assert.equal(out.code, 1);
   assert.ok(out.stderr.includes(`${cfg.file}:3:5: listen[1]:`), out.stderr);
   assert.match(out.stderr, /expected HOST:PORT/);
@@ -148,7 +191,7 @@ Deno.test("cli: check-config prints the effective configuration with secrets red
     cfg.file,
     "--listen",
     "127.0.0.1:1081",
-  ]);
+  ], { timeoutMs: QUICK_MS });
   assert.equal(out.code, 0, out.stderr);
   assert.match(out.stdout, /prefer-ipv4/);
   assert.match(out.stdout, /127\.0\.0\.1:1081/);
@@ -166,14 +209,20 @@ Deno.test("cli: permission, usage and listen errors are clear", async () => {
       MAIN,
       "--config",
       outside,
-    ]);
+    ], { timeoutMs: QUICK_MS });
     assert.equal(denied.code, 1);
     assert.ok(denied.stderr.includes(outside), denied.stderr);
     assert.match(denied.stderr, /--allow-read/);
   } finally {
     await Deno.remove(outside);
   }
-  const usage = await run(Deno.execPath(), ["run", ...binaryFlags(cfg.dir), MAIN, "--listne", "x"]);
+  // Were the misspelt flag ignored, the gateway would start and serve: the limit turns that
+  // into a failure instead of a hang.
+  const usage = await run(
+    Deno.execPath(),
+    ["run", ...binaryFlags(cfg.dir), MAIN, "--listne", "x"],
+    { timeoutMs: QUICK_MS },
+  );
   assert.equal(usage.code, 2);
   assert.match(usage.stderr, /--help/);
   const badListen = await run(Deno.execPath(), [
@@ -182,7 +231,7 @@ Deno.test("cli: permission, usage and listen errors are clear", async () => {
     MAIN,
     "--listen",
     "::1:80",
-  ]);
+  ], { timeoutMs: QUICK_MS });
   assert.equal(badListen.code, 2);
   assert.match(badListen.stderr, /--listen: expected HOST:PORT/);
   const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -192,11 +241,12 @@ Deno.test("cli: permission, usage and listen errors are clear", async () => {
     MAIN,
     "--listen",
     `127.0.0.1:${taken.addr.port}`,
-  ]);
-  taken.close();
+  ], { timeoutMs: QUICK_MS }).finally(() => taken.close());
   assert.equal(inUse.code, 1);
   assert.match(inUse.stderr, /cannot listen on 127\.0\.0\.1:\d+: address already in use/);
-  const help = await run(Deno.execPath(), ["run", ...binaryFlags(cfg.dir), MAIN, "--help"]);
+  const help = await run(Deno.execPath(), ["run", ...binaryFlags(cfg.dir), MAIN, "--help"], {
+    timeoutMs: QUICK_MS,
+  });
   assert.equal(help.code, 0);
   assert.match(help.stdout, /check-config FILE/);
 });
@@ -205,12 +255,12 @@ Deno.test("cli: the accept loop survives accept errors (out of file descriptors)
   const dest = echoServer("127.0.0.1");
   await using cfg = await configDir(`log:\n  format: json\ntimeouts:\n  handshake: 60s\n`);
   // A low descriptor limit makes accept() fail with EMFILE once clients pile up.
-  const gw = await startCli(cfg.dir, ["--config", cfg.file, "--listen", "127.0.0.1:0"], [
-    "prlimit",
-    "--nofile=64",
-  ]);
   const clients: Deno.TcpConn[] = [];
   try {
+    await using gw = await startCli(cfg.dir, ["--config", cfg.file, "--listen", "127.0.0.1:0"], [
+      "prlimit",
+      "--nofile=64",
+    ]);
     const addr = addrOf(gw.addrs[0]);
     for (let i = 0; i < 80; i++) clients.push(await Deno.connect(addr));
     await gw.waitFor((l) => l.includes("accept on") && l.includes("failed"));
@@ -220,17 +270,18 @@ Deno.test("cli: the accept loop survives accept errors (out of file descriptors)
       10_000,
       "a new client after the accept errors",
     );
-    assert.equal(reply?.reply, 0, "still serving after accept errors");
     conn.close();
-  } finally {
-    for (const c of clients) c.close();
+    assert.equal(reply?.reply, 0, "still serving after accept errors");
     gw.child.kill("SIGTERM");
     assert.equal((await gw.status()).code, 0);
+  } finally {
+    for (const c of clients) c.close();
     await dest.close();
   }
 });
 
 Deno.test("cli: forward carries curl through a gateway to a name only the gateway knows", async () => {
+  await using cfg = await configDir("{}\n");
   const web = Deno.serve(
     { hostname: "127.0.0.1", port: 0, onListen() {} },
     () => new Response("forwarded\n"),
@@ -239,31 +290,30 @@ Deno.test("cli: forward carries curl through a gateway to a name only the gatewa
     listen: ["[::1]:0"],
     resolver: () => Promise.resolve([{ address: "127.0.0.1", family: 4 }]),
   });
-  await using cfg = await configDir("{}\n");
-  const gwAddr = gatewayAddr(gw, 6);
-  const fwd = await startCli(
-    cfg.dir,
-    [
-      "forward",
-      "--listen",
-      "127.0.0.1:0",
-      "--to",
-      `v4only.test:${web.addr.port}`,
-      "--via",
-      `socks5://[::1]:${gwAddr.port}`,
-      "--log-format",
-      "json",
-    ],
-    [],
-    { text: "forwarding", addrs: "listen" },
-  );
   try {
+    const gwAddr = gatewayAddr(gw, 6);
+    await using fwd = await startCli(
+      cfg.dir,
+      [
+        "forward",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        `v4only.test:${web.addr.port}`,
+        "--via",
+        `socks5://[::1]:${gwAddr.port}`,
+        "--log-format",
+        "json",
+      ],
+      [],
+      { text: "forwarding", addrs: "listen" },
+    );
     const out = await run("curl", ["-sS", "--max-time", "10", `http://${fwd.addrs[0]}/`]);
     assert.equal(out.code, 0, out.stderr);
     assert.equal(out.stdout, "forwarded\n");
-  } finally {
     fwd.child.kill("SIGTERM");
     assert.equal((await fwd.status()).code, 0);
+  } finally {
     await gw.shutdown({ grace: 0 });
     await web.shutdown();
   }
@@ -275,7 +325,7 @@ Deno.test("cli: forward carries curl through a gateway to a name only the gatewa
     "forward",
     "--to",
     "x:1",
-  ]);
+  ], { timeoutMs: QUICK_MS });
   assert.equal(usage.code, 2);
   assert.match(usage.stderr, /forward: expected --listen HOST:PORT/);
 });
@@ -301,13 +351,15 @@ Deno.test("cli: a client-supplied name cannot forge a line in the text log", asy
   try {
     const p = await withTimeout(listening, 20_000, "listening line");
     const name = "evil.test\nsession 7 A forged";
-    const { conn } = await socksConnect({ hostname: "127.0.0.1", port: p }, name, 80);
+    const { conn } = await withTimeout(
+      socksConnect({ hostname: "127.0.0.1", port: p }, name, 80),
+      WAIT_MS,
+      "the SOCKS handshake",
+    );
     conn.close();
     await withTimeout(sessionLogged, 20_000, "the session's log line");
   } finally {
-    child.kill("SIGTERM");
-    await child.status;
-    await reading;
+    await stopChild(child, "the gateway process", { output: reading });
   }
   assert.ok(!lines.some((l) => l.startsWith("session 7 A forged")), lines.join("\n"));
   assert.ok(lines.some((l) => l.includes(JSON.stringify("evil.test\nsession 7 A forged:80"))));

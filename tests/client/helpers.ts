@@ -14,6 +14,7 @@ import {
   echoUntilEof,
   readAll,
   startServer,
+  stopChild,
   type TestServer,
   withTimeout as deadline,
   writeAll,
@@ -217,14 +218,12 @@ async function waitAccepting(
   }
 }
 
-async function stopProcess(child: Deno.ChildProcess, tap: LogTap): Promise<void> {
-  try {
-    child.kill("SIGTERM");
-  } catch {
-    // already gone
-  }
-  await child.status;
-  await tap.done;
+/** How long a gateway process gets after SIGTERM before SIGKILL. */
+const STOP_GRACE_MS = 5_000;
+
+/** SIGTERM, then SIGKILL past the grace; every wait bounded (rejects if the process stays). */
+async function stopProcess(child: Deno.ChildProcess, tap: LogTap, what: string): Promise<void> {
+  await stopChild(child, what, { graceMs: STOP_GRACE_MS, output: tap.done });
 }
 
 function makeGateway(
@@ -235,7 +234,7 @@ function makeGateway(
   tap: LogTap,
 ): Gateway {
   let stopped: Promise<void> | undefined;
-  const stop = () => stopped ??= stopProcess(child, tap);
+  const stop = () => stopped ??= stopProcess(child, tap, name);
   return gatewayHandle(name, port, families, stop, () => tap.text);
 }
 

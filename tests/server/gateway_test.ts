@@ -17,6 +17,7 @@ import {
   gatewayAddr,
   peerServer,
   readAll,
+  readByte,
   readEach,
   readLine,
   readN,
@@ -191,14 +192,14 @@ Deno.test("gateway: username/password required when users are configured", async
     // Offering only NO AUTH gets 0xFF, then a close.
     const noAuth = await socksConnect(v4, "127.0.0.1", dest.addr.port);
     assert.equal(noAuth.method, 0xff);
-    assert.equal(await noAuth.conn.read(new Uint8Array(1)), null);
+    assert.equal(await readByte(noAuth.conn), null);
     noAuth.conn.close();
     // A wrong password gets status != 0, then a close.
     const wrong = await socksConnect(v4, "127.0.0.1", dest.addr.port, {
       auth: { username: "alice", password: "s3crex" },
     });
     assert.equal(wrong.authOk, false);
-    assert.equal(await wrong.conn.read(new Uint8Array(1)), null);
+    assert.equal(await readByte(wrong.conn), null);
     wrong.conn.close();
     const ok = await socksConnect(v4, "127.0.0.1", dest.addr.port, {
       auth: { username: "alice", password: "s3cret" },
@@ -228,7 +229,7 @@ Deno.test("gateway: reply codes for refused, unresolvable, not allowed, unsuppor
       assert.equal(reply?.reply, code, `${host}:${port} command ${command}`);
       // A failure reply is a full reply in the client's family, then a close.
       assert.equal(reply?.address.type, proxy.hostname.includes(":") ? "ipv6" : "ipv4");
-      assert.equal(await conn.read(new Uint8Array(1)), null);
+      assert.equal(await readByte(conn), null);
       conn.close();
     };
     await expect(v4, "127.0.0.1", refusedPort, 5);
@@ -471,12 +472,12 @@ Deno.test("gateway: handshake and idle timeouts close the session", async () => 
   const { gw, v4, logger } = gateway({ timeouts: { handshake: 200, idle: 300 } });
   try {
     const silent = await Deno.connect(v4);
-    assert.equal(await silent.read(new Uint8Array(1)), null, "closed for a silent client");
+    assert.equal(await readByte(silent), null, "closed for a silent client");
     silent.close();
     await logger.waitFor((p) => p.reason === "handshake timeout");
     const { conn, reply } = await socksConnect(v4, "127.0.0.1", dest.addr.port);
     assert.equal(reply?.reply, 0);
-    assert.equal(await conn.read(new Uint8Array(1)), null, "closed when idle");
+    assert.equal(await readByte(conn), null, "closed when idle");
     conn.close();
     await logger.waitFor((p) => p.reason === "idle timeout");
   } finally {
@@ -492,7 +493,7 @@ Deno.test("gateway: the session limit closes extra clients and frees up", async 
     const first = await socksConnect(v4, "127.0.0.1", dest.addr.port);
     assert.equal(first.reply?.reply, 0);
     const extra = await Deno.connect(v4);
-    assert.equal(await extra.read(new Uint8Array(1)), null);
+    assert.equal(await readByte(extra), null);
     extra.close();
     assert.equal(gw.stats.sessionsRejected, 1);
     first.conn.close();
@@ -621,7 +622,7 @@ Deno.test("gateway: shutdown lets a relay finish within the grace period", async
   const { conn } = await socksConnect(v4, "127.0.0.1", dest.addr.port);
   const idle = await Deno.connect(v4); // still in its handshake: ended at once
   const stopping = gw.shutdown({ grace: 10_000 });
-  assert.equal(await idle.read(new Uint8Array(1)), null);
+  assert.equal(await readByte(idle), null);
   idle.close();
   await assert.rejects(() => Deno.connect(v4), "no longer accepting");
   await writeAll(conn, enc.encode("during grace"));
@@ -637,7 +638,7 @@ Deno.test("gateway: shutdown closes relays when the grace period ends", async ()
   const { gw, v6, logger } = gateway();
   const { conn } = await socksConnect(v6, "::1", dest.addr.port);
   await gw.shutdown({ grace: 50 });
-  assert.equal(await conn.read(new Uint8Array(1)), null);
+  assert.equal(await readByte(conn), null);
   conn.close();
   await logger.waitFor((p) => p.reason === "shutdown");
   await dest.close();
