@@ -594,13 +594,21 @@ function connectTarget(
  * Runs `work` under the connect timeout: one controller for all of it
  * (resolving, rules, dialing), which the gateway's sweeper aborts at the
  * deadline with a {@linkcode ConnectTimeoutError} (reply 4), and which the
- * session's end aborts too.
+ * session's end aborts too. A session that ended before this point (cut by
+ * the operator or by shutdown while its request was already buffered) starts
+ * no work: {@linkcode Session.abort} only reaches work that is under way.
+ *
+ * @example
+ * ```ts ignore
+ * const conn = await underConnectDeadline(s, ctx, (signal) => dial(target, { signal }));
+ * ```
  */
-async function underConnectDeadline<T>(
+export async function underConnectDeadline<T>(
   s: Session,
-  ctx: SessionContext,
+  ctx: Pick<SessionContext, "connectTimeout">,
   work: (signal: AbortSignal) => Promise<T>,
 ): Promise<T> {
+  if (s.aborted) throw new Error(`session ended before connecting: ${s.closeReason}`);
   const controller = new AbortController();
   const { signal } = controller;
   s.pending = controller;
