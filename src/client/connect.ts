@@ -390,13 +390,17 @@ export async function open(
       }
     };
     controller.signal.addEventListener("abort", onAbort, { once: true });
+    // An abort or timeout that landed while the connect was resolving fired
+    // before the listener was there: close now, or the handshake below could
+    // wait forever on a silent gateway and the socket would be left open.
+    if (controller.signal.aborted) onAbort();
     const reader = new BufferedReader(c);
     try {
       const reply = await negotiate(c, reader, { gateways, target: t, spec }, progress);
       if (controller.signal.aborted) throw abortError();
       return { conn: c, reader, reply, target: t, gateways, release };
     } catch (err) {
-      if (!controller.signal.aborted) onAbort();
+      onAbort();
       throw controller.signal.aborted ? abortError() : err;
     } finally {
       controller.signal.removeEventListener("abort", onAbort);
