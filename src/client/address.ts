@@ -52,39 +52,72 @@ const encoder = new TextEncoder();
  */
 export function parseGateway(url: string): SocksGateway {
   const text = /^[a-z][a-z0-9+.-]*:\/\//i.test(url) ? url : `socks5://${url}`;
+  const shown = redactGatewayUrl(url);
   let parsed: URL;
   try {
     parsed = new URL(text);
   } catch (cause) {
     throw new TypeError(
-      `gateway: expected a URL such as socks5://host:1080, found "${url}"`,
+      `gateway: expected a URL such as socks5://host:1080, found "${shown}"`,
       { cause },
     );
   }
   if (parsed.protocol !== "socks5:" && parsed.protocol !== "socks5h:") {
     throw new TypeError(
-      `gateway: expected a socks5:// or socks5h:// URL, found "${parsed.protocol}//" in "${url}"`,
+      `gateway: expected a socks5:// or socks5h:// URL, found "${parsed.protocol}//" in "${shown}"`,
     );
   }
   if ((parsed.pathname !== "" && parsed.pathname !== "/") || parsed.search || parsed.hash) {
     throw new TypeError(
-      `gateway: expected no path, query or fragment in a SOCKS URL, found "${url}"`,
+      `gateway: expected no path, query or fragment in a SOCKS URL, found "${shown}"`,
     );
   }
   const host = unbracket(parsed.hostname);
   if (host === "") {
-    throw new TypeError(`gateway: expected a host in the URL, found "${url}"`);
+    throw new TypeError(`gateway: expected a host in the URL, found "${shown}"`);
   }
   const port = parsed.port === "" ? DEFAULT_SOCKS_PORT : Number(parsed.port);
   if (port < 1) {
-    throw new RangeError(`gateway: expected a port from 1 to 65535, found ${port} in "${url}"`);
+    throw new RangeError(`gateway: expected a port from 1 to 65535, found ${port} in "${shown}"`);
   }
   const gateway: SocksGateway = { host, port, display: joinHostPort(host, port) };
   if (parsed.username !== "" || parsed.password !== "") {
     gateway.username = decodeURIComponent(parsed.username);
     gateway.password = decodeURIComponent(parsed.password);
+    // RFC 1929: ULEN and PLEN are 1 to 255. Refused here, not after a
+    // connect and a greeting, and only if the gateway asks for them.
+    const ulen = encoder.encode(gateway.username).length;
+    const plen = encoder.encode(gateway.password).length;
+    if (ulen < 1 || ulen > 255 || plen < 1 || plen > 255) {
+      throw new RangeError(
+        `gateway: expected a user name and password of 1 to 255 bytes each (RFC 1929), ` +
+          `found ${ulen} and ${plen} in "${shown}"`,
+      );
+    }
   }
   return gateway;
+}
+
+/**
+ * Hides the password of a gateway URL, for messages and listings:
+ * `socks5://alice:secret@host:1080` -> `socks5://alice:<redacted>@host:1080`.
+ * Works on what {@linkcode parseGateway} accepts (also without a scheme, and
+ * with a raw `@` in the password) and on malformed URLs alike: everything
+ * between the user name and the last `@` goes.
+ *
+ * @example
+ * ```ts
+ * import { redactGatewayUrl } from "./address.ts";
+ * redactGatewayUrl("alice:hun@ter2@192.0.2.1:1080"); // "alice:<redacted>@192.0.2.1:1080"
+ * ```
+ */
+export function redactGatewayUrl(url: string): string {
+  const at = url.lastIndexOf("@");
+  if (at < 0) return url;
+  const scheme = /^[a-z][a-z0-9+.-]*:\/\//i.exec(url)?.[0] ?? "";
+  const colon = url.indexOf(":", scheme.length);
+  if (colon < 0 || colon > at) return url; // a user name alone: nothing secret
+  return `${url.slice(0, colon)}:<redacted>${url.slice(at)}`;
 }
 
 /**

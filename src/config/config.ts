@@ -43,7 +43,7 @@ import {
 
 import type { FamilyPolicy } from "../server/resolver.ts";
 import type { RouteConfig } from "../server/routes.ts";
-import { parseGateway } from "../client/address.ts";
+import { parseGateway, redactGatewayUrl } from "../client/address.ts";
 export type { FamilyPolicy };
 
 /**
@@ -650,14 +650,9 @@ const gatewayUrl = scalar(
   },
   (n) =>
     isScalar(n) && typeof n.value === "string"
-      ? JSON.stringify(redactUrl(n.value))
+      ? JSON.stringify(redactGatewayUrl(n.value))
       : describeNode(n),
 );
-
-/** `socks5://user:secret@host:1` -> `socks5://user:<redacted>@host:1`. */
-function redactUrl(url: string): string {
-  return url.replace(/^([a-z0-9+.-]*:\/\/[^:@/]*):[^@/]*@/i, "$1:<redacted>@");
-}
 
 const portRange = scalar(
   'a port range "LOW-HIGH" with 1 <= LOW <= HIGH <= 65535',
@@ -976,7 +971,7 @@ export function configDocument(config: Config): ConfigDocument {
         : "off",
       ...(config.admin.token === undefined ? {} : { token: "<redacted-token>" }),
     },
-    routes: config.routes.map((r) => ({ ...r, via: r.via.map(redactUrl) })),
+    routes: config.routes.map((r) => ({ ...r, via: r.via.map(redactGatewayUrl) })),
     bind: {
       accept_timeout: formatDuration(config.bind.acceptTimeout),
       strict_peer: config.bind.strictPeer,

@@ -436,6 +436,45 @@ Deno.test("connect: option errors say what was expected", async () => {
   );
 });
 
+Deno.test("connect: a bad gateway URL is refused without showing its password", async () => {
+  for (
+    const [via, expected] of [
+      ["socks5://alice:hunter2@127.0.0.1:99999", /expected a URL/],
+      ["socks5://alice:hunter2@127.0.0.1:0", /port from 1 to 65535/],
+      ["http://alice:hunter2@127.0.0.1:1080", /socks5:\/\/ or socks5h:\/\//],
+      ["socks5://alice:hunter2@127.0.0.1:1080/x", /no path/],
+      ["alice:hun@ter2@127.0.0.1:0", /port from 1 to 65535/],
+    ] as const
+  ) {
+    const error = await connect("example.test:80", { via }).then(
+      () => assert.fail(`${via} was accepted`),
+      (e: Error) => e,
+    );
+    assert.match(error.message, expected);
+    assert.match(error.message, /alice:<redacted>@/, error.message);
+    assert.doesNotMatch(error.message, /hunter2|ter2/, error.message);
+  }
+});
+
+Deno.test("connect: credentials outside RFC 1929's 1 to 255 bytes fail before any connection", async () => {
+  // Port 1 on loopback: nothing listens there, so a connect attempt would
+  // fail with GatewayUnreachableError instead of this RangeError.
+  for (
+    const [via, lengths] of [
+      ["socks5://alice@127.0.0.1:1", "5 and 0"],
+      ["socks5://:pw@127.0.0.1:1", "0 and 2"],
+      [`socks5://alice:${"p".repeat(256)}@127.0.0.1:1`, "5 and 256"],
+    ] as const
+  ) {
+    await assert.rejects(
+      connect("example.test:80", { via }),
+      (e: Error) =>
+        e instanceof RangeError &&
+        e.message.includes(`1 to 255 bytes each (RFC 1929), found ${lengths}`),
+    );
+  }
+});
+
 const CA = await Deno.readTextFile(new URL("./testdata/ca.crt", import.meta.url));
 const CERT = await Deno.readTextFile(new URL("./testdata/localhost.crt", import.meta.url));
 const KEY = await Deno.readTextFile(new URL("./testdata/localhost.key", import.meta.url));

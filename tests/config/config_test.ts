@@ -1064,6 +1064,15 @@ udp:
   const again = parse(text);
   assert.deepEqual({ ...again, routes: [] }, { ...c, routes: [] });
   assert.equal(again.routes[0].via[1], "socks5://bob:<redacted>@192.0.2.8:1080");
+  // A URL without a scheme, and a password with a raw "@", are redacted whole.
+  const bare = parse(
+    `routes:\n  - via: ["bob:hunter2@192.0.2.8:1080", "socks5://bob:hun@ter2@192.0.2.9"]\n`,
+  );
+  assert.deepEqual(configDocument(bare).routes[0].via, [
+    "bob:<redacted>@192.0.2.8:1080",
+    "socks5://bob:<redacted>@192.0.2.9",
+  ]);
+  assert.doesNotMatch(formatConfig(bare), /hunter2|ter2/);
   // Defaults.
   assert.deepEqual(parse("{}").bind, { acceptTimeout: 60_000, strictPeer: true });
   assert.deepEqual(parse("{}").udp, { advertise: {}, nameCacheTtl: 30_000 });
@@ -1087,6 +1096,12 @@ Deno.test("routes, bind and udp: errors name the key, line and column", () => {
     path: "routes[0].via[0]",
   });
   assert.doesNotMatch(e.message, /hunter2/, "a password never reaches an error message");
+  // Without a scheme, and with a raw "@" in the password, too.
+  const bare = assertConfigError("routes:\n  - via: ['alice:hun@ter2@192.0.2.1:0']\n", {
+    path: "routes[0].via[0]",
+  });
+  assert.match(bare.message, /alice:<redacted>@192\.0\.2\.1:0/);
+  assert.doesNotMatch(bare.message, /hun|ter2/, "no part of the password is shown");
   assertConfigError("udp:\n  port_range: 50000-40000\n", {
     path: "udp.port_range",
     line: 2,
