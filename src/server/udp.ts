@@ -188,8 +188,11 @@ export class Association {
       target = cached.addresses[0];
       remember(this.#peerNames, joinHostPort(target.address, port), address.host);
     }
+    // Closed while the hooks ran: open nothing (close() has already closed
+    // every outbound socket it knows of, and would never see a new one).
+    if (this.#closed) return this.#drop("association closed");
     const socket = await this.#outboundSocket(target.family);
-    if (this.#closed) return;
+    if (this.#closed) return; // closed while binding: close() closes the socket
     remember(this.#peers, target.address, true);
     socket.send(data, port, target.address);
     this.counters.up++;
