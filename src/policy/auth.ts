@@ -48,6 +48,11 @@ function equalConstantTime(a: string, b: string): boolean {
  * An authenticator that accepts exactly the given users. Password
  * comparison takes the same time whether or not the prefix matches.
  *
+ * Throws a `RangeError` for a user RFC 1929 cannot carry (a name or password
+ * that is empty or over 255 UTF-8 bytes: an empty password would let in a
+ * client that sends none, a longer one could never match) and a `TypeError`
+ * for a user name given twice.
+ *
  * @example
  * ```ts
  * import { staticUsers } from "./auth.ts";
@@ -55,7 +60,21 @@ function equalConstantTime(a: string, b: string): boolean {
  * ```
  */
 export function staticUsers(users: readonly User[]): Authenticator {
-  const byName = new Map(users.map((u) => [u.username, u.password]));
+  const byName = new Map<string, string>();
+  users.forEach(({ username, password }, i) => {
+    const ulen = encoder.encode(username).length;
+    const plen = encoder.encode(password).length;
+    if (ulen < 1 || ulen > 255 || plen < 1 || plen > 255) {
+      throw new RangeError(
+        `users[${i}]: expected a user name and a password of 1 to 255 UTF-8 bytes each ` +
+          `(RFC 1929), found ${ulen} and ${plen} bytes`,
+      );
+    }
+    if (byName.has(username)) {
+      throw new TypeError(`users[${i}]: expected each user name once, found "${username}" again`);
+    }
+    byName.set(username, password);
+  });
   return ({ username, password }) => {
     const expected = byName.get(username);
     // Compare against something even for unknown users, to keep timing flat.
