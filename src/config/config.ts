@@ -414,6 +414,31 @@ const text255 = (what: string, secret = false): Check =>
       : describeNode,
   );
 
+/** What check-config and `/api/v1/config` print instead of a password. */
+const REDACTED = "<redacted>";
+/** What they print instead of the admin token. */
+const REDACTED_TOKEN = "<redacted-token>";
+
+/**
+ * `check` that also refuses `placeholder`: a file saved from check-config's
+ * output would otherwise give every user, or the admin API, a secret that
+ * anyone can read in this source.
+ */
+const notPlaceholder = (check: Check, placeholder: string, what: string): Check =>
+  Object.assign((w: Walk, node: Node, path: string, def: unknown) => {
+    const v = check(w, node, path, def);
+    if (v === placeholder) {
+      throw errorAt(
+        w,
+        node,
+        path,
+        `${what} of your own`,
+        `the placeholder ${placeholder}, which check-config and /api/v1/config print in its place`,
+      );
+    }
+    return v;
+  }, { expected: check.expected });
+
 const DURATION_EXPECTED =
   "a duration such as 250ms, 10s, 5m, 1h or a number of seconds, at most 596h";
 const duration = (positive: boolean): Check =>
@@ -690,7 +715,11 @@ const CONFIG: Check = mapping({
     list(
       mapping({
         username: ["username", text255("a user name"), "required"],
-        password: ["password", text255("a password", true), "required"],
+        password: [
+          "password",
+          notPlaceholder(text255("a password", true), REDACTED, "a password"),
+          "required",
+        ],
       }),
       "users (username and password)",
       { unique: (v) => (v as { username: string }).username },
@@ -747,7 +776,7 @@ const CONFIG: Check = mapping({
     "admin",
     mapping({
       listen: ["listen", adminListen],
-      token: ["token", adminToken],
+      token: ["token", notPlaceholder(adminToken, REDACTED_TOKEN, "a token")],
     }),
   ],
   routes: ["routes", list(ROUTE, "routes (mappings with via)")],
@@ -911,7 +940,9 @@ export async function loadConfig(path: string): Promise<Config> {
  * Renders a configuration as YAML with the file's snake_case keys, every
  * setting explicit, durations with units, passwords replaced by
  * `<redacted>` and the admin token by `<redacted-token>`. Parsing the result
- * gives the same configuration back (except for those secrets).
+ * gives the same configuration back once real secrets replace those
+ * placeholders: a file that still holds one is refused, so that a saved
+ * copy of this output cannot start a gateway with secrets anyone can know.
  *
  * @example
  * ```ts
@@ -928,8 +959,8 @@ export function formatConfig(config: Config): string {
 /**
  * A configuration as the file would write it: snake_case keys, every
  * setting explicit, durations with units, and secrets replaced (passwords by
- * `<redacted>`, the admin token by `<redacted-token>`, which still parses as
- * a token). Plain data: serialize it as YAML (that is
+ * `<redacted>`, the admin token by `<redacted-token>`; a file holding either
+ * placeholder is refused). Plain data: serialize it as YAML (that is
  * {@linkcode formatConfig}) or JSON (which YAML also reads).
  *
  * @example
@@ -945,7 +976,7 @@ export function configDocument(config: Config): ConfigDocument {
     listen: hp(config.listen),
     users: config.users.map((u) => ({
       username: u.username,
-      password: "<redacted>",
+      password: REDACTED,
     })),
     resolver: {
       family: config.resolver.family,
@@ -969,7 +1000,7 @@ export function configDocument(config: Config): ConfigDocument {
       listen: config.admin.listen
         ? joinHostPort(config.admin.listen.host, config.admin.listen.port)
         : "off",
-      ...(config.admin.token === undefined ? {} : { token: "<redacted-token>" }),
+      ...(config.admin.token === undefined ? {} : { token: REDACTED_TOKEN }),
     },
     routes: config.routes.map((r) => ({ ...r, via: r.via.map(redactGatewayUrl) })),
     bind: {

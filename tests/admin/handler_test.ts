@@ -274,8 +274,17 @@ Deno.test("admin: the configuration is served with its secrets redacted", async 
     assert.equal(a.json.users[0].password, "<redacted>");
     assert.equal(a.json.admin.token, "<redacted-token>");
     assert.equal(a.json.timeouts.idle, "90s");
-    // The document reads back as a configuration file (JSON is YAML).
-    const back = parseConfig(a.text, { file: "api.json" });
+    // The document reads back as a configuration file (JSON is YAML) once
+    // real secrets replace the placeholders, which are refused as they are.
+    assert.throws(
+      () => parseConfig(a.text, { file: "api.json" }),
+      /api\.json:\d+:\d+: users\[0\]\.password: expected a password of your own/,
+    );
+    const back = parseConfig(
+      a.text.replace("<redacted-token>", "restored-token-0123456789")
+        .replace("<redacted>", "restored"),
+      { file: "api.json" },
+    );
     assert.equal(back.timeouts.idle, 90_000);
     assert.deepEqual(back.listen, DEFAULT_CONFIG.listen);
   } finally {

@@ -762,6 +762,13 @@ Deno.test({
 
 // --- formatConfig ---------------------------------------------------------------
 
+const RESTORED_TOKEN = "restored-token-0123456789";
+
+/** What an operator does to a saved copy of check-config's output: put secrets back. */
+function restoreSecrets(text: string): string {
+  return text.replaceAll("<redacted-token>", RESTORED_TOKEN).replaceAll("<redacted>", "restored");
+}
+
 Deno.test("formatConfig round-trips every setting and redacts passwords", () => {
   const config = parse(FULL);
   const text = formatConfig(config);
@@ -772,12 +779,20 @@ Deno.test("formatConfig round-trips every setting and redacts passwords", () => 
   assert.match(text, /token: <redacted-token>/);
   assert.match(text, /happy_eyeballs_delay: 300ms/);
   assert.match(text, /max_sessions: 10/);
-  const back = parse(text);
-  assert.deepEqual(
-    back.users.map((u) => u.password),
-    ["<redacted>", "<redacted>"],
-  );
-  assert.equal(back.admin.token, "<redacted-token>");
+  // Saved as it is, the output would give every user and the admin API a
+  // secret anyone can know: it is refused, naming the key and its line.
+  const refused = assertConfigError(text, {
+    path: "users[0].password",
+    expected: "a password of your own",
+  });
+  assert.match(refused.message, /the placeholder <redacted>, which check-config/);
+  assertConfigError(text.replaceAll("<redacted>", "restored"), {
+    path: "admin.token",
+    expected: "a token of your own",
+  });
+  const back = parse(restoreSecrets(text));
+  assert.deepEqual(back.users.map((u) => u.password), ["restored", "restored"]);
+  assert.equal(back.admin.token, RESTORED_TOKEN);
   back.users = config.users;
   back.admin.token = config.admin.token;
   assert.deepEqual(back, config);
@@ -790,7 +805,7 @@ Deno.test("formatConfig round-trips the defaults and odd values", () => {
       "timeouts: {handshake: 1234ms, connect: 90s, idle: 0}\n" +
       'rules: [{action: allow, to: ["*"], users: ["123"], ports: ["1-2", 3]}]\n',
   );
-  const back = parse(formatConfig(config));
+  const back = parse(restoreSecrets(formatConfig(config)));
   assert.equal(back.users[0].username, "123");
   back.users = config.users;
   assert.deepEqual(back, config);
@@ -1027,8 +1042,10 @@ Deno.test("configDocument is plain data that reads back, secrets redacted", () =
   assert.ok(!json.includes("secret") && !json.includes("correct-horse"), json);
   assert.equal(doc.admin.listen, "[::]:9081");
   assert.equal(doc.timeouts.idle, "1h");
-  // JSON is YAML: the document parses back to the same configuration.
-  const back = parse(json);
+  // JSON is YAML: the document parses back to the same configuration, once
+  // real secrets replace the placeholders (which are refused).
+  assertConfigError(json, { path: "users[0].password" });
+  const back = parse(restoreSecrets(json));
   back.users = config.users;
   back.admin.token = config.admin.token;
   assert.deepEqual(back, config);
