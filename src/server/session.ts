@@ -6,13 +6,7 @@
  */
 
 import { BufferedReader } from "../io/buffered_reader.ts";
-import {
-  type Family,
-  isLoopback,
-  isLoopbackIp,
-  joinHostPort,
-  normalizeIp,
-} from "../protocol/address.ts";
+import { type Family, isLoopbackIp, joinHostPort, normalizeIp } from "../protocol/address.ts";
 import type { Slotted } from "./live_set.ts";
 import {
   decodeCredentials,
@@ -478,9 +472,10 @@ function isUnspecified(ip: string): boolean {
   return ip === "0.0.0.0" || ip === "::";
 }
 
-/** A loopback or unspecified address, in any literal form. */
+/** A loopback or unspecified address, in any literal form (`::ffff:0.0.0.0` too). */
 function isLocalTarget(ip: string): boolean {
-  return isLoopback(ip) || isUnspecified(ip);
+  const n = normalizeIp(ip);
+  return n !== null && (isLoopbackIp(n) || isUnspecified(n.host));
 }
 
 function loopbackRefused(host: string, port: number): GatewayError {
@@ -533,7 +528,16 @@ async function destinationAddresses(
       throw error;
     },
   );
-  let addresses = orderAddresses(found, ctx.family);
+  // Whatever the resolver (a nameserver's AAAA answer, a hook of the
+  // embedder's), the guard, the rules, the family policy and the dialer see
+  // canonical literals with their real family: `::ffff:0.0.0.0` is the IPv4
+  // `0.0.0.0` (which Linux dials as this host), and a non-address is dropped.
+  const canonical: ResolvedAddress[] = [];
+  for (const a of found) {
+    const ip = normalizeIp(a.address);
+    if (ip) canonical.push({ address: ip.host, family: ip.family });
+  }
+  let addresses = orderAddresses(canonical, ctx.family);
   if (addresses.length === 0) {
     throw new ResolveError(host, `no address of a family allowed by policy ${ctx.family}`);
   }

@@ -271,10 +271,19 @@ async function caseNoRoute(topo: Topology, gw: Gateway) {
 
 /**
  * Without rules, a remote client must not reach the gateway host's own
- * loopback services through it (here a listener on the gateway's loopback).
+ * loopback services through it (here a listener on the gateway's loopback),
+ * also by a name whose AAAA record is a v4-mapped loopback or unspecified
+ * address (the gateway resolves with the testbed's nameservers).
  */
 async function caseLoopbackRefused(topo: Topology, gw: Gateway) {
-  const targets = ["127.0.0.1", "[::1]", "localhost", "0.0.0.0"];
+  const targets = [
+    "127.0.0.1",
+    "[::1]",
+    "localhost",
+    "0.0.0.0",
+    NAMES.mappedAny,
+    NAMES.mappedLoopback,
+  ];
   for (const client of ["c4", "c6"] as const) {
     for (const host of targets) {
       const mark = gw.proc.log.length;

@@ -46,6 +46,8 @@ export const NAMES = {
   missing: "nxdomain.test", // NXDOMAIN
   d4dns: "dns4.test", // A -> d4: the DNS server in d4, by name (UDP ASSOCIATE case)
   answer: "answer.test", // answered only by the DNS server in d4, never by the gateway's
+  mappedAny: "mapped-any.test", // AAAA ::ffff:0.0.0.0, which Linux dials as this host
+  mappedLoopback: "mapped-lo.test", // AAAA ::ffff:127.0.0.1
   /** Name of the gateway in the clients' per-namespace /etc/hosts. */
   gateway: "gateway.test",
 } as const;
@@ -587,6 +589,8 @@ export class Topology {
       `--host-record=${NAMES.v6},${ADDR.d6}`,
       `--host-record=${NAMES.dual},${ADDR.d4},${ADDR.d6}`,
       `--host-record=${NAMES.d4dns},${ADDR.d4}`,
+      `--host-record=${NAMES.mappedAny},::ffff:0.0.0.0`,
+      `--host-record=${NAMES.mappedLoopback},::ffff:127.0.0.1`,
       "--log-queries",
       "--log-facility=-",
     ]);

@@ -300,6 +300,33 @@ Deno.test("gateway: Happy Eyeballs falls back from a dead family to the other", 
   }
 });
 
+Deno.test("gateway: resolved addresses are used in canonical form, with their real family", async () => {
+  // A resolver (a nameserver's AAAA answer, an embedder's hook) may return a
+  // v4-mapped or non-canonical form, or something that is no address at all.
+  const dest = peerServer("127.0.0.1");
+  const resolver: Resolver = () =>
+    Promise.resolve([
+      { address: "not-an-address", family: 6 },
+      { address: "::FFFF:127.0.0.1", family: 6 },
+    ]);
+  const { gw, logger, v4 } = gateway({ resolver, family: "ipv4-only" });
+  try {
+    // ipv4-only: only the mapped address remains, and it is IPv4.
+    const { conn, reply } = await socksConnect(v4, "mapped.test", dest.addr.port);
+    assert.equal(reply?.reply, 0, "the v4-mapped answer is the IPv4 address 127.0.0.1");
+    assert.equal((await readLine(conn)).split(" ")[0], "127.0.0.1");
+    conn.close();
+    const closed = await logger.waitFor((p) =>
+      p.destination === `mapped.test:${dest.addr.port}` && p.reason !== undefined
+    );
+    assert.equal(closed.type, "A", "a 4 -> 4 relay");
+    assert.equal(closed.resolved, `127.0.0.1:${dest.addr.port}`);
+  } finally {
+    await gw.shutdown({ grace: 0 });
+    await dest.close();
+  }
+});
+
 Deno.test("gateway: family policy orders and filters resolved addresses", async () => {
   const dest4 = peerServer("127.0.0.1");
   const dest6 = peerServer("::1");
