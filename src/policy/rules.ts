@@ -145,13 +145,10 @@ function parseNet(text: unknown): Net | null {
   const c = parseCidr(text.trim());
   if (!c) return null;
   const b = c.bytes;
-  let mapped = c.family === 6 && c.prefix >= 96 && b[10] === 0xff &&
-    b[11] === 0xff;
-  for (let i = 0; mapped && i < 10; i++) mapped = b[i] === 0;
-  if (c.family === 4 || mapped) {
-    const o = c.family === 4 ? 0 : 12;
-    const mask = maskWord(c.family === 4 ? c.prefix : c.prefix - 96);
-    const raw = (b[o] << 24) | (b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3];
+  // parseCidr already turned an IPv4-mapped prefix into its IPv4 CIDR.
+  if (c.family === 4) {
+    const mask = maskWord(c.prefix);
+    const raw = (b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3];
     return { v6: false, net: raw & mask, mask };
   }
   const net = new Uint32Array(4);

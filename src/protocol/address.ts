@@ -182,7 +182,10 @@ export interface Cidr {
 
 /**
  * Parses `ADDRESS/LEN` (or a bare address, meaning a host prefix) into a
- * {@linkcode Cidr}, or returns `null` when it is not one.
+ * {@linkcode Cidr}, or returns `null` when it is not one. An IPv4-mapped
+ * prefix of 96 bits or more (`::ffff:10.0.0.0/104`) is the IPv4 CIDR it
+ * stands for (`10.0.0.0/8`), as {@linkcode normalizeIp} makes a mapped
+ * address the IPv4 address.
  */
 export function parseCidr(text: string): Cidr | null {
   const slash = text.indexOf("/");
@@ -196,6 +199,12 @@ export function parseCidr(text: string): Cidr | null {
     const p = text.slice(slash + 1);
     if (!/^\d{1,3}$/.test(p) || Number(p) > max) return null;
     prefix = Number(p);
+  }
+  if (
+    !v4 && prefix >= 96 && bytes[10] === 0xff && bytes[11] === 0xff &&
+    bytes.subarray(0, 10).every((b) => b === 0)
+  ) {
+    return { family: 4, bytes: bytes.slice(12), prefix: prefix - 96 };
   }
   return { family: v4 ? 4 : 6, bytes, prefix };
 }

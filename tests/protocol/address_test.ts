@@ -67,4 +67,19 @@ Deno.test("address: CIDR matching", () => {
   assert.ok(cidrContains(parseCidr("0.0.0.0/0")!, "203.0.113.9"));
   assert.equal(parseCidr("192.0.2.0/33"), null);
   assert.equal(parseCidr("example.test/8"), null);
+  // An IPv4-mapped prefix is the IPv4 CIDR it stands for (the client's
+  // direct list matches by it, as the gateway's rules do).
+  const mapped = parseCidr("::ffff:10.0.0.0/104")!;
+  assert.deepEqual({ ...mapped, bytes: [...mapped.bytes] }, {
+    family: 4,
+    bytes: [10, 0, 0, 0],
+    prefix: 8,
+  });
+  assert.ok(cidrContains(mapped, "10.1.2.3"));
+  assert.ok(cidrContains(mapped, "::ffff:10.0.0.1"));
+  assert.ok(!cidrContains(mapped, "11.0.0.1"));
+  assert.ok(cidrContains(parseCidr("[::ffff:7f00:1]")!, "127.0.0.1"), "a bare mapped host");
+  // Shorter than 96 bits, or not ::ffff:, it stays IPv6.
+  assert.equal(parseCidr("::ffff:0.0.0.0/95")!.family, 6);
+  assert.equal(parseCidr("::fffe:10.0.0.0/104")!.family, 6);
 });
