@@ -176,20 +176,28 @@ async function setUpLogging(config: Config): Promise<void> {
   });
 }
 
-/** Serves the admin API, or logs why it cannot and returns null: the gateway runs on without it. */
+/** How long the admin API waits before it listens again after its server failed. */
+const ADMIN_RESTART_MS = 1000;
+
+/**
+ * Serves the admin API, or logs why it cannot and returns null: the gateway
+ * runs on without it. When the server fails while running (its accept loop
+ * ends on an error such as EMFILE, which would otherwise reject unhandled and
+ * end the process, relays and all), it is logged and served again on the same
+ * address a second later, and again until that works or the gateway stops.
+ */
 function serveAdmin(
   config: Config,
   handler: (req: Request) => Promise<Response>,
   log: ReturnType<typeof libraryLogger>,
-): Deno.HttpServer<Deno.NetAddr> | null {
+): { shutdown(): Promise<void> } | null {
   const listen = config.admin.listen;
   if (!listen) return null;
+  const start = (port: number): Deno.HttpServer<Deno.NetAddr> =>
+    Deno.serve({ hostname: listen.host, port, onListen() {} }, handler);
+  let server: Deno.HttpServer<Deno.NetAddr>;
   try {
-    const server = Deno.serve({ hostname: listen.host, port: listen.port, onListen() {} }, handler);
-    log.info("admin API on http://{addr}/", {
-      addr: joinHostPort(server.addr.hostname, server.addr.port),
-    });
-    return server;
+    server = start(listen.port);
   } catch (error) {
     log.error("cannot listen for the admin API on {addr}: {reason}; running without it", {
       addr: joinHostPort(listen.host, listen.port),
@@ -199,6 +207,54 @@ function serveAdmin(
     });
     return null;
   }
+  const addr = joinHostPort(server.addr.hostname, server.addr.port);
+  const port = server.addr.port; // the same one again, also when the file says 0
+  log.info("admin API on http://{addr}/", { addr });
+  let stopped = false;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let failures = 0;
+  const watch = (s: Deno.HttpServer<Deno.NetAddr>) => {
+    s.finished.catch((error) => {
+      if (stopped) return;
+      log.error("admin API on {addr} failed: {reason}; listening again in {ms} ms", {
+        addr,
+        reason: (error as Error).message,
+        ms: ADMIN_RESTART_MS,
+      });
+      retry();
+    });
+  };
+  const retry = () => {
+    const t = setTimeout(() => {
+      timer = undefined;
+      if (stopped) return;
+      try {
+        server = start(port);
+      } catch (error) {
+        // Say so once, not every second while the cause lasts.
+        if (failures++ === 0) {
+          log.error("admin API on {addr}: cannot listen again yet: {reason}; retrying", {
+            addr,
+            reason: (error as Error).message,
+          });
+        }
+        return retry();
+      }
+      failures = 0;
+      log.info("admin API on http://{addr}/ again", { addr });
+      watch(server);
+    }, ADMIN_RESTART_MS);
+    Deno.unrefTimer(t);
+    timer = t;
+  };
+  watch(server);
+  return {
+    shutdown() {
+      stopped = true;
+      clearTimeout(timer);
+      return server.shutdown();
+    },
+  };
 }
 
 async function runGateway(
