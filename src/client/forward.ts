@@ -28,7 +28,9 @@ export interface ForwardOptions {
   fakeDns?: FakeDns;
   /**
    * Called when a connection could not be carried (the accepted connection
-   * is then closed). Nothing is reported by default.
+   * is then closed), and when accepting failed (then `client` is the
+   * listening address; the forwarder waits a moment and keeps accepting).
+   * Nothing is reported by default.
    */
   onError?: (error: unknown, client: Deno.NetAddr) => void;
 }
@@ -44,6 +46,8 @@ export interface Forwarder extends AsyncDisposable {
 }
 
 const BUFFER_SIZE = 64 * 1024;
+/** How long the accept loop waits after an accept error before it tries again. */
+const ACCEPT_RETRY_MS = 50;
 
 interface Pipe {
   read(p: Uint8Array): Promise<number | null>;
@@ -174,20 +178,38 @@ export function forward(options: ForwardOptions): Forwarder {
     }
   };
 
+  let lastAcceptReport = -Infinity;
   const acceptLoop = async (listener: Deno.TcpListener): Promise<void> => {
     while (!controller.signal.aborted) {
       let client: Deno.TcpConn;
       try {
         client = await listener.accept();
       } catch (err) {
+        if (controller.signal.aborted || err instanceof Deno.errors.BadResource) return; // closed
         if (
-          !controller.signal.aborted &&
-          (err instanceof Deno.errors.ConnectionAborted ||
-            err instanceof Deno.errors.ConnectionReset)
+          err instanceof Deno.errors.ConnectionAborted ||
+          err instanceof Deno.errors.ConnectionReset
         ) {
           continue; // a connection reset before it was accepted: keep serving
         }
-        return; // closed (shutdown) or a persistent failure
+        // Out of descriptors (EMFILE) or the like: say so (at most once a
+        // second), give the relays a moment to free some, and keep serving
+        // rather than stop in silence.
+        const now = performance.now();
+        if (now - lastAcceptReport >= 1000) {
+          lastAcceptReport = now;
+          options.onError?.(err, listener.addr);
+        }
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(done, ACCEPT_RETRY_MS);
+          function done() {
+            clearTimeout(timer);
+            controller.signal.removeEventListener("abort", done);
+            resolve();
+          }
+          controller.signal.addEventListener("abort", done, { once: true });
+        });
+        continue;
       }
       const p = carry(client);
       relays.add(p);

@@ -11,6 +11,7 @@ import {
   echoServer,
   forEachLine,
   gatewayAddr,
+  readLine,
   readN,
   run,
   socksConnect,
@@ -251,20 +252,33 @@ Deno.test("cli: permission, usage and listen errors are clear", async () => {
   assert.match(help.stdout, /check-config FILE/);
 });
 
-Deno.test("cli: the accept loop survives accept errors (out of file descriptors)", async () => {
+Deno.test("cli: the accept loops survive accept errors (out of file descriptors)", async () => {
   const dest = echoServer("127.0.0.1");
   await using cfg = await configDir(`log:\n  format: json\ntimeouts:\n  handshake: 60s\n`);
   // A low descriptor limit makes accept() fail with EMFILE once clients pile up.
   const clients: Deno.TcpConn[] = [];
   try {
-    await using gw = await startCli(cfg.dir, ["--config", cfg.file, "--listen", "127.0.0.1:0"], [
-      "prlimit",
-      "--nofile=64",
-    ]);
+    await using gw = await startCli(cfg.dir, [
+      "--config",
+      cfg.file,
+      "--listen",
+      "127.0.0.1:0",
+      "--admin",
+      "127.0.0.1:0",
+    ], ["prlimit", "--nofile=64"]);
     const addr = addrOf(gw.addrs[0]);
+    const adminAt: string = JSON.parse(await gw.waitFor((l) => l.includes("admin API on")))
+      .properties.addr;
     for (let i = 0; i < 80; i++) clients.push(await Deno.connect(addr));
     await gw.waitFor((l) => l.includes("accept on") && l.includes("failed"));
+    // The admin server's accept fails too: that must not end the process.
+    clients.push(await Deno.connect(addrOf(adminAt)));
+    await gw.waitFor((l) => l.includes("admin API on") && l.includes("failed"));
     for (const c of clients.splice(0)) c.close();
+    await gw.waitFor((l) => l.includes('"admin API on http://{addr}/ again"'));
+    const health = await fetch(`http://${adminAt}/healthz`);
+    assert.equal(health.status, 200, "the admin API listens again on the same address");
+    await health.body?.cancel();
     const { conn, reply } = await withTimeout(
       socksConnect(addr, "127.0.0.1", dest.addr.port),
       10_000,
@@ -276,6 +290,46 @@ Deno.test("cli: the accept loop survives accept errors (out of file descriptors)
     assert.equal((await gw.status()).code, 0);
   } finally {
     for (const c of clients) c.close();
+    await dest.close();
+  }
+});
+
+Deno.test("cli: forward keeps accepting after accept errors (out of file descriptors)", async () => {
+  await using cfg = await configDir("{}\n");
+  const dest = echoServer("127.0.0.1");
+  const gw = serve({ listen: ["127.0.0.1:0"] });
+  const clients: Deno.TcpConn[] = [];
+  try {
+    await using fwd = await startCli(
+      cfg.dir,
+      [
+        "forward",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        `127.0.0.1:${dest.addr.port}`,
+        "--via",
+        `socks5://127.0.0.1:${gatewayAddr(gw, 4).port}`,
+        "--log-format",
+        "json",
+      ],
+      ["prlimit", "--nofile=64"],
+      { text: "forwarding", addrs: "listen" },
+    );
+    const addr = addrOf(fwd.addrs[0]);
+    for (let i = 0; i < 80; i++) clients.push(await Deno.connect(addr));
+    await fwd.waitFor((l) => l.includes("Too many open files"));
+    for (const c of clients.splice(0)) c.close();
+    // Still forwarding: a new connection is carried to the echo server.
+    const conn = await Deno.connect(addr);
+    clients.push(conn);
+    await writeAll(conn, new TextEncoder().encode("still here\n"));
+    assert.equal(await withTimeout(readLine(conn), 10_000, "echo"), "still here");
+    fwd.child.kill("SIGTERM");
+    assert.equal((await fwd.status()).code, 0);
+  } finally {
+    for (const c of clients) c.close();
+    await gw.shutdown({ grace: 0 });
     await dest.close();
   }
 });
