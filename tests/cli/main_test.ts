@@ -272,7 +272,8 @@ Deno.test("cli: the accept loops survive accept errors (out of file descriptors)
     for (let i = 0; i < 80; i++) clients.push(await Deno.connect(addr));
     await gw.waitFor((l) => l.includes("accept on") && l.includes("failed"));
     // The admin server's accept fails too: that must not end the process.
-    clients.push(await Deno.connect(addrOf(adminAt)));
+    // (The failed accept closes its listener, so this client may see a reset.)
+    await Deno.connect(addrOf(adminAt)).then((c) => clients.push(c), () => {});
     await gw.waitFor((l) => l.includes("admin API on") && l.includes("failed"));
     for (const c of clients.splice(0)) c.close();
     await gw.waitFor((l) => l.includes('"admin API on http://{addr}/ again"'));
