@@ -9,7 +9,7 @@
 import { connect as nodeConnect, type Socket } from "node:net";
 import type { Family } from "../protocol/address.ts";
 import { normalizeIp } from "../protocol/address.ts";
-import { raceSignal, type ResolvedAddress } from "./resolver.ts";
+import { raceConnection, type ResolvedAddress } from "./resolver.ts";
 
 /**
  * The byte-stream shape the relay needs. `Deno.TcpConn` has it; so does the
@@ -227,10 +227,7 @@ export function happyEyeballs(
       signal,
       localAddress: a.family === 4 ? localAddress?.ipv4 : localAddress?.ipv6,
     });
-    return raceSignal(attempt, signal).catch((error) => {
-      attempt.then((late) => late.close(), () => {});
-      throw error;
-    });
+    return raceConnection(attempt, signal);
   }
   return new Promise((resolve, reject) => {
     const attempts: AbortController[] = [];

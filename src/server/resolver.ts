@@ -64,6 +64,21 @@ export function raceSignal<T>(promise: Promise<T>, signal: AbortSignal): Promise
 }
 
 /**
+ * {@linkcode raceSignal} for a connection being opened: when the signal wins,
+ * the connection is closed if it arrives later, so that nothing is left open
+ * that no one holds.
+ */
+export function raceConnection<T extends { close(): void }>(
+  opening: Promise<T>,
+  signal: AbortSignal,
+): Promise<T> {
+  return raceSignal(opening, signal).catch((error) => {
+    opening.then((late) => late.close(), () => {});
+    throw error;
+  });
+}
+
+/**
  * The default resolver: the system's `getaddrinfo`, so `/etc/hosts` and
  * the system's DNS configuration apply.
  */

@@ -47,6 +47,7 @@ import {
   allowedFamilies,
   type FamilyPolicy,
   orderAddresses,
+  raceConnection,
   raceSignal,
   type ResolvedAddress,
   type Resolver,
@@ -582,7 +583,7 @@ function connectTarget(
         throw new GatewayError(Reply.NOT_ALLOWED, `${host}:${port} not allowed by ruleset`);
       }
       s.route = describeChain(chain);
-      return await raceSignal(connectVia(host, port, { via: chain, signal }), signal);
+      return await raceConnection(connectVia(host, port, { via: chain, signal }), signal);
     }
     const addresses = await destinationAddresses(host, port, "connect", s, ctx, signal);
     return await happyEyeballs(addresses, port, {
