@@ -11,11 +11,30 @@
 
 import { forEachLine } from "../helpers.ts";
 
+/** How long one DevTools command may take before it fails. */
+const COMMAND_MS = 30_000;
+
 /** Where Debian installs Chromium. */
 export const CHROMIUM = "/usr/bin/chromium";
 
-/** Headless, nothing in the background, no network beyond what the page asks. */
+/**
+ * Headless, nothing in the background, and no network but loopback: every
+ * host but localhost, 127.0.0.1 and [::1] resolves to nothing, every other
+ * request goes to a proxy on the discard port that nothing answers (loopback
+ * bypasses any proxy), and WebRTC may not use UDP of its own. Without these, Chromium
+ * looks up and contacts Google's hosts at start, whatever the --disable-*
+ * flags say. What remains (checked with strace) is its resolver's IPv6
+ * reachability probe: a UDP connect() to 2001:4860:4860::8888, which sends
+ * no packet.
+ */
 const FLAGS = [
+  "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1, EXCLUDE [::1]",
+  "--proxy-server=http://127.0.0.1:9",
+  "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
+  "--no-pings",
+  "--disable-domain-reliability",
+  "--disable-client-side-phishing-detection",
+  "--disable-features=OptimizationHints,OptimizationGuideModelDownloading,MediaRouter,Translate",
   "--headless",
   "--no-sandbox",
   "--disable-gpu",
@@ -137,17 +156,23 @@ export class Browser {
     }
   }
 
-  /** Sends one command and resolves to its result. */
+  /** Sends one command and resolves to its result; rejects after `timeout` ms without one. */
   send(
     method: string,
     params: Record<string, unknown> = {},
     sessionId?: string,
+    timeout = COMMAND_MS,
   ): Promise<Record<string, unknown>> {
     const id = this.#nextId++;
-    return new Promise((resolve, reject) => {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    return new Promise<Record<string, unknown>>((resolve, reject) => {
       this.#pending.set(id, { resolve, reject, method });
+      timer = setTimeout(() => {
+        this.#pending.delete(id);
+        reject(new Error(`${method}: no answer from Chromium within ${timeout} ms`));
+      }, timeout);
       this.#ws.send(JSON.stringify({ id, method, params, ...(sessionId ? { sessionId } : {}) }));
-    });
+    }).finally(() => clearTimeout(timer));
   }
 
   /** Calls `fn` for every event `method`; returns a function that stops it. */
@@ -168,9 +193,9 @@ export class Browser {
 
   /** Closes the browser and removes its profile; kills it if it does not go within 10 s. */
   async close(): Promise<void> {
-    await this.send("Browser.close").catch(() => {});
     let timer: ReturnType<typeof setTimeout> | undefined;
     const late = new Promise<"late">((r) => (timer = setTimeout(() => r("late"), 10_000)));
+    await this.send("Browser.close", {}, undefined, 5_000).catch(() => {});
     if ((await Promise.race([this.#child.status, late])) === "late") this.#child.kill("SIGKILL");
     clearTimeout(timer);
     await this.#child.status;

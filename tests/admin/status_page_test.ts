@@ -77,16 +77,19 @@ Deno.test({
     });
     const shots = await Deno.makeTempDir({ prefix: "dualsocks-status-page-" });
     await using admin = serveAdmin(gw, { token: TOKEN });
-    const browser = await Browser.launch();
-    const relay = await socksConnect(gatewayAddr(gw, 6), "v4.test", dest.addr.port);
-    // Greeting and request only: the reply would wait for the name that never resolves.
-    const hostile = await Deno.connect(gatewayAddr(gw, 4));
-    await writeAll(hostile, encodeGreeting({ methods: [0] }));
-    await writeAll(
-      hostile,
-      encodeRequest({ command: 1, address: toSocksAddress(HOSTILE), port: 80 }),
-    );
+    let browser: Browser | undefined;
+    let relay: Awaited<ReturnType<typeof socksConnect>> | undefined;
+    let hostile: Deno.TcpConn | undefined;
     try {
+      browser = await Browser.launch();
+      relay = await socksConnect(gatewayAddr(gw, 6), "v4.test", dest.addr.port);
+      // Greeting and request only: the reply would wait for the name that never resolves.
+      hostile = await Deno.connect(gatewayAddr(gw, 4));
+      await writeAll(hostile, encodeGreeting({ methods: [0] }));
+      await writeAll(
+        hostile,
+        encodeRequest({ command: 1, address: toSocksAddress(HOSTILE), port: 80 }),
+      );
       assert.equal(relay.reply?.reply, 0);
       await echo(relay.conn, "x".repeat(1000));
       const page = await browser.newPage();
@@ -143,9 +146,9 @@ Deno.test({
       await until("type C active 0", async () => (await card(page, "C", "active")) === "0");
       assert.deepEqual(page.problems, []);
     } finally {
-      relay.conn.close();
-      hostile.close();
-      await browser.close();
+      relay?.conn.close();
+      hostile?.close();
+      await browser?.close();
       await gw.shutdown({ grace: 0 });
       await dest.close();
     }

@@ -277,7 +277,9 @@ Deno.test("cli: the accept loops survive accept errors (out of file descriptors)
     await gw.waitFor((l) => l.includes("admin API on") && l.includes("failed"));
     for (const c of clients.splice(0)) c.close();
     await gw.waitFor((l) => l.includes('"admin API on http://{addr}/ again"'));
-    const health = await fetch(`http://${adminAt}/healthz`);
+    const health = await fetch(`http://${adminAt}/healthz`, {
+      signal: AbortSignal.timeout(10_000),
+    });
     assert.equal(health.status, 200, "the admin API listens again on the same address");
     await health.body?.cancel();
     const { conn, reply } = await withTimeout(
