@@ -438,7 +438,8 @@ export function createAdminHandler(
       const match = route.pattern.exec(url.pathname)!;
       const head = req.method === "HEAD";
       const method = (head ? "GET" : req.method) as Method;
-      const run = route.methods[method];
+      // Own properties only: "constructor" or "toString" are HTTP methods too.
+      const run = Object.hasOwn(route.methods, method) ? route.methods[method] : undefined;
       const allow = Object.keys(route.methods);
       if (allow.includes("GET")) allow.push("HEAD");
       if (!run) {

@@ -64,6 +64,11 @@ Deno.test("admin: unknown routes are 404, wrong methods 405 with Allow, errors a
       ["GET", "/api/v1/reload", "POST"],
       ["POST", "/metrics", "GET, HEAD"],
       ["PATCH", "/api/v1/config", "GET, HEAD"],
+      // Names every JavaScript object has are methods like any other.
+      ["constructor", "/", "GET, HEAD"],
+      ["toString", "/healthz", "GET, HEAD"],
+      ["valueOf", "/readyz", "GET, HEAD"],
+      ["hasOwnProperty", "/status.js", "GET, HEAD"],
     ];
     for (const [method, path, allow] of cases) {
       const a = await call(`${admin.base}${path}`, { method });
