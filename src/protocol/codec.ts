@@ -78,6 +78,7 @@ export type ProtocolErrorKind =
   | "address-type"
   | "empty-domain"
   | "domain-encoding"
+  | "credentials-encoding"
   | "too-long";
 
 /**
@@ -98,8 +99,10 @@ export class ProtocolError extends Error {
   }
 }
 
-const utf8 = new TextDecoder();
-const utf8Strict = new TextDecoder("utf-8", { fatal: true });
+// Strict, and a leading U+FEFF is part of the text: by default TextDecoder
+// drops it, which made "\xEF\xBB\xBF" an empty domain name and let distinct
+// byte strings decode to the same name or password.
+const utf8Strict = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 const utf8Encoder = new TextEncoder();
 
 function hex(n: number): string {
@@ -136,7 +139,12 @@ export function decodeMethodSelection(
   return { value: buf[1], length: 2 };
 }
 
-/** Decodes RFC 1929 credentials `VER ULEN UNAME PLEN PASSWD`. */
+/**
+ * Decodes RFC 1929 credentials `VER ULEN UNAME PLEN PASSWD`. The name and
+ * password must be UTF-8 (they are compared with configured strings): other
+ * bytes throw a {@linkcode ProtocolError} of kind `credentials-encoding`,
+ * rather than decode lossily so that different bytes compare equal.
+ */
 export function decodeCredentials(
   buf: Uint8Array,
 ): Decoded<Credentials> | null {
@@ -148,13 +156,18 @@ export function decodeCredentials(
   const plen = buf[2 + ulen];
   const length = 3 + ulen + plen;
   if (buf.length < length) return null;
-  return {
-    value: {
-      username: utf8.decode(buf.subarray(2, 2 + ulen)),
-      password: utf8.decode(buf.subarray(3 + ulen, length)),
-    },
-    length,
-  };
+  let username: string;
+  let password: string;
+  try {
+    username = utf8Strict.decode(buf.subarray(2, 2 + ulen));
+    password = utf8Strict.decode(buf.subarray(3 + ulen, length));
+  } catch {
+    throw new ProtocolError(
+      "credentials-encoding",
+      "username/password request: expected a user name and password in UTF-8, found invalid bytes",
+    );
+  }
+  return { value: { username, password }, length };
 }
 
 /** Decodes the RFC 1929 status reply `VER STATUS`; `true` means success. */

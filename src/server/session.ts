@@ -229,7 +229,17 @@ export async function runSession(
     }
     // 2. RFC 1929 sub-negotiation.
     if (method === Method.USERPASS) {
-      const creds = await reader.decode(decodeCredentials, "username/password request");
+      const creds = await reader.decode(decodeCredentials, "username/password request").catch(
+        async (error) => {
+          // Not UTF-8, so no configured user's: a failed login (RFC 1929: a
+          // status, then the close), not a silent one.
+          if (error instanceof ProtocolError && error.kind === "credentials-encoding") {
+            ctx.stats.authFailures++;
+            await writeAll(conn, encodeAuthStatus(false)).catch(() => {});
+          }
+          throw error;
+        },
+      );
       const ok = await raceSignal(
         Promise.resolve(ctx.authenticator!(creds, { client: s.client, signal: s.signal })),
         s.signal,

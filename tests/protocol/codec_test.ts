@@ -101,6 +101,22 @@ Deno.test("codec: a message followed by more bytes reports its own length", () =
   assert.equal(decodeRequest(joined)?.length, req.length);
 });
 
+Deno.test("codec: a leading byte-order mark is kept as text, in names and credentials", () => {
+  // TextDecoder drops it by default: EF BB BF alone decoded as an empty name
+  // that slipped past the emptiness check, and EF BB BF 61 as plain "a".
+  const bom = [0xef, 0xbb, 0xbf];
+  assert.equal(
+    decodeRequest(Uint8Array.of(5, 1, 0, 3, 3, ...bom, 0, 80))?.value.address.host,
+    "\ufeff",
+  );
+  const request = Uint8Array.of(5, 1, 0, 3, 4, ...bom, 0x61, 0, 80);
+  const decoded = decodeRequest(request)!.value;
+  assert.equal(decoded.address.host, "\ufeffa");
+  assert.deepEqual([...encodeRequest(decoded)], [...request], "re-encodes to the same bytes");
+  const creds = decodeCredentials(Uint8Array.of(1, 4, ...bom, 0x61, 1, 0x70))!.value;
+  assert.deepEqual(creds, { username: "\ufeffa", password: "p" });
+});
+
 Deno.test("codec: malformed messages are typed errors", () => {
   const cases: [string, () => unknown, string, number | undefined][] = [
     ["greeting v4", () => decodeGreeting(Uint8Array.of(4, 1, 0)), "version", undefined],
@@ -116,6 +132,12 @@ Deno.test("codec: malformed messages are typed errors", () => {
       () => decodeRequest(Uint8Array.of(5, 1, 0, 3, 2, 0xff, 0xfe, 0, 80)),
       "domain-encoding",
       1,
+    ],
+    [
+      "non-UTF-8 password",
+      () => decodeCredentials(Uint8Array.of(1, 1, 0x61, 2, 0xc3, 0x28)),
+      "credentials-encoding",
+      undefined,
     ],
     ["udp short", () => decodeUdpHeader(Uint8Array.of(0, 0, 0)), "too-long", undefined],
     [

@@ -208,6 +208,16 @@ Deno.test("gateway: username/password required when users are configured", async
     assert.deepEqual(gw.sessions().map((s) => s.user), ["alice"]);
     assert.equal(gw.stats.authFailures, 1);
     ok.conn.close();
+    // Bytes that are not UTF-8 are no user's name or password (decoded
+    // lossily, 0xff and 0xfe would both have read as U+FFFD): a failed login.
+    const raw = await Deno.connect(v4);
+    await writeAll(raw, Uint8Array.of(5, 1, 2));
+    assert.deepEqual([...(await readN(raw, 2))], [5, 2]);
+    await writeAll(raw, Uint8Array.of(1, 5, ...new TextEncoder().encode("alice"), 1, 0xff));
+    assert.deepEqual([...(await readN(raw, 2))], [1, 1], "status 1 (failure)");
+    assert.equal(await readByte(raw), null, "then the close");
+    raw.close();
+    assert.equal(gw.stats.authFailures, 2);
   } finally {
     await gw.shutdown({ grace: 0 });
     await dest.close();
