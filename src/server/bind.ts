@@ -24,43 +24,69 @@ export interface BindServerOptions {
   strictPeer?: boolean;
 }
 
+/** Bytes a BIND client may send ahead of its peer before the gateway stops reading it. */
+const PREFETCH_LIMIT = 64 * 1024;
+
 /**
- * A connection whose first read was started early (to notice a client that
- * gives up while BIND waits for its peer) and is handed to the relay as if
- * it had not been.
+ * The control connection of a BIND that waits for its peer: it is read all
+ * along (so that a client that closes or resets is noticed at once, also
+ * after sending early data), what it sends is kept, and the relay gets it
+ * first, as if nothing had been read. Past {@linkcode PREFETCH_LIMIT} bytes
+ * reading stops (TCP backpressure); then only the accept timeout ends a wait
+ * whose client has left.
  */
 export class PrefetchedConn implements RelayConn {
   #conn: RelayConn;
-  #buf: Uint8Array;
-  #pending: Promise<number | null> | null;
-  #offset = 0;
-  #end = 0;
+  #chunks: Uint8Array[] = [];
+  #buffered = 0;
+  #ended = false;
+  #error: unknown = undefined;
+  #handedOver = false;
+  #reading: Promise<void>;
+  #gone!: () => void;
+  /** Resolves when the client closed or reset before the relay started; never otherwise. */
+  readonly gone: Promise<void> = new Promise((resolve) => (this.#gone = resolve));
 
-  /** Starts reading `conn` at once, into a buffer of `size` bytes. */
-  constructor(conn: RelayConn, size = 16 * 1024) {
+  /** Starts reading `conn` at once. */
+  constructor(conn: RelayConn) {
     this.#conn = conn;
-    this.#buf = new Uint8Array(size);
-    this.#pending = conn.read(this.#buf);
+    this.#reading = this.#prefetch();
   }
 
-  /** Resolves to the first read's result: `null` means the peer closed. */
-  get first(): Promise<number | null> {
-    return this.#pending ?? Promise.resolve(this.#end);
+  async #prefetch(): Promise<void> {
+    while (!this.#handedOver && this.#buffered < PREFETCH_LIMIT) {
+      const buf = new Uint8Array(16 * 1024);
+      let n: number | null;
+      try {
+        n = await this.#conn.read(buf);
+      } catch (error) {
+        this.#error = error;
+        return this.#gone();
+      }
+      if (n === null) {
+        this.#ended = true;
+        return this.#gone();
+      }
+      this.#chunks.push(buf.subarray(0, n));
+      this.#buffered += n;
+    }
   }
 
   async read(p: Uint8Array): Promise<number | null> {
-    if (this.#pending) {
-      const n = await this.#pending;
-      this.#pending = null;
-      if (n === null) return null;
-      this.#end = n;
+    if (!this.#handedOver) {
+      this.#handedOver = true;
+      await this.#reading; // the read in flight ends the prefetch, with its bytes
     }
-    if (this.#offset < this.#end) {
-      const n = Math.min(p.length, this.#end - this.#offset);
-      p.set(this.#buf.subarray(this.#offset, this.#offset + n));
-      this.#offset += n;
+    const chunk = this.#chunks[0];
+    if (chunk) {
+      const n = Math.min(p.length, chunk.length);
+      p.set(chunk.subarray(0, n));
+      if (n === chunk.length) this.#chunks.shift();
+      else this.#chunks[0] = chunk.subarray(n);
       return n;
     }
+    if (this.#error !== undefined) throw this.#error;
+    if (this.#ended) return null;
     return await this.#conn.read(p);
   }
   write(p: Uint8Array): Promise<number> {
@@ -123,7 +149,7 @@ function isUnspecified(host: string): boolean {
  * Waits for the one peer connection: from `peer.address` when strict and the
  * request named an address, from anyone otherwise, and always one the rules
  * allow. Other peers are closed and waiting goes on. Rejects when `signal` aborts or the client closes
- * its control connection (`clientGone` resolves to `null`).
+ * its control connection (`clientGone` resolves).
  */
 export async function acceptPeer(
   listener: Deno.TcpListener,
@@ -132,7 +158,7 @@ export async function acceptPeer(
     peer: ResolvedAddress;
     strictPeer: boolean;
     signal: AbortSignal;
-    clientGone: Promise<number | null>;
+    clientGone: Promise<void>;
     /** The access rules, for the peer that actually connected. */
     allowed?: (host: string, port: number) => Promise<boolean>;
     onRejected?: (from: string) => void;
@@ -147,12 +173,7 @@ export async function acceptPeer(
   const onAbort = closeListener;
   signal.addEventListener("abort", onAbort, { once: true });
   let gone = false;
-  options.clientGone.then((n) => {
-    if (n === null) {
-      gone = true;
-      closeListener();
-    }
-  }, () => {
+  options.clientGone.then(() => {
     gone = true;
     closeListener();
   });

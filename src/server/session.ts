@@ -380,7 +380,7 @@ async function bindCommand(c: CommandCall): Promise<Started> {
       peer,
       strictPeer: ctx.bind?.strictPeer ?? true,
       signal,
-      clientGone: client.first,
+      clientGone: client.gone,
       allowed: ctx.rules
         ? async (host, port) =>
           (await decide(ctx, s, "bind", host, port, signal)).action === "allow"

@@ -222,6 +222,55 @@ Deno.test("BIND: a rules hook that fails for the peer fails the BIND and closes 
   }
 });
 
+Deno.test("BIND: a client that sends data and then leaves ends the wait at once", async () => {
+  // The accept timeout is far away: only noticing the close can end the wait.
+  const { gw, v4, logger } = gateway({ bind: { acceptTimeout: 60_000 } });
+  try {
+    for (const leave of ["close", "closeWrite"] as const) {
+      const { conn, reply } = await rawBind(v4, "127.0.0.1");
+      const first = await reply();
+      assert.equal(first.reply, 0);
+      await writeAll(conn, enc.encode("early"));
+      if (leave === "close") conn.close();
+      else await conn.closeWrite();
+      await logger.waitFor((p) => p.command === "bind" && p.reason !== undefined, T);
+      assert.equal(gw.sessions().length, 0, `${leave}: the session ended`);
+      await assert.rejects(
+        Deno.connect({ hostname: first.address.host, port: first.port }),
+        Deno.errors.ConnectionRefused,
+        `${leave}: the BIND listener is closed`,
+      );
+      if (leave === "closeWrite") conn.close();
+      logger.records.length = 0;
+    }
+  } finally {
+    await gw.shutdown({ grace: 0 });
+  }
+});
+
+Deno.test("BIND: what the client sends before its peer arrives reaches the peer, in order", async () => {
+  const { gw, v4 } = gateway();
+  try {
+    const { conn, reply } = await rawBind(v4, "127.0.0.1");
+    const first = await reply();
+    // Several writes while the gateway waits: each is read and kept.
+    const early = ["one ", "two ", "three"];
+    for (const part of early) await writeAll(conn, enc.encode(part));
+    const peer = await Deno.connect({ hostname: first.address.host, port: first.port });
+    assert.equal((await reply()).reply, 0);
+    const want = early.join("");
+    assert.equal(dec.decode(await withTimeout(readN(peer, want.length), T, "early data")), want);
+    // And the relay goes on both ways after it.
+    await writeAll(peer, enc.encode("back"));
+    await writeAll(conn, enc.encode(" more"));
+    assert.equal(dec.decode(await withTimeout(readN(peer, 5), T, "later data")), " more");
+    peer.close();
+    conn.close();
+  } finally {
+    await gw.shutdown({ grace: 0 });
+  }
+});
+
 Deno.test("BIND: a name whose resolution stalls gets reply 4 at the connect timeout", async () => {
   const { gw, v4, logger } = gateway({
     timeouts: { connect: 200 },
