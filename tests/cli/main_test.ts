@@ -297,27 +297,27 @@ Deno.test("cli: the accept loops survive accept errors (out of file descriptors)
   }
 });
 
+/** `dualsocks forward` on 127.0.0.1:0 to `to` through `via`, once it says it is forwarding. */
+function startForward(dir: string, to: string, via: string, prefix: string[] = []) {
+  return startCli(
+    dir,
+    ["forward", "--listen", "127.0.0.1:0", "--to", to, "--via", via, "--log-format", "json"],
+    prefix,
+    { text: "forwarding", addrs: "listen" },
+  );
+}
+
 Deno.test("cli: forward keeps accepting after accept errors (out of file descriptors)", async () => {
   await using cfg = await configDir("{}\n");
   const dest = echoServer("127.0.0.1");
   const gw = serve({ listen: ["127.0.0.1:0"] });
   const clients: Deno.TcpConn[] = [];
   try {
-    await using fwd = await startCli(
+    await using fwd = await startForward(
       cfg.dir,
-      [
-        "forward",
-        "--listen",
-        "127.0.0.1:0",
-        "--to",
-        `127.0.0.1:${dest.addr.port}`,
-        "--via",
-        `socks5://127.0.0.1:${gatewayAddr(gw, 4).port}`,
-        "--log-format",
-        "json",
-      ],
+      `127.0.0.1:${dest.addr.port}`,
+      `socks5://127.0.0.1:${gatewayAddr(gw, 4).port}`,
       ["prlimit", "--nofile=64"],
-      { text: "forwarding", addrs: "listen" },
     );
     const addr = addrOf(fwd.addrs[0]);
     for (let i = 0; i < 80; i++) clients.push(await Deno.connect(addr));
@@ -349,21 +349,10 @@ Deno.test("cli: forward carries curl through a gateway to a name only the gatewa
   });
   try {
     const gwAddr = gatewayAddr(gw, 6);
-    await using fwd = await startCli(
+    await using fwd = await startForward(
       cfg.dir,
-      [
-        "forward",
-        "--listen",
-        "127.0.0.1:0",
-        "--to",
-        `v4only.test:${web.addr.port}`,
-        "--via",
-        `socks5://[::1]:${gwAddr.port}`,
-        "--log-format",
-        "json",
-      ],
-      [],
-      { text: "forwarding", addrs: "listen" },
+      `v4only.test:${web.addr.port}`,
+      `socks5://[::1]:${gwAddr.port}`,
     );
     const out = await run("curl", ["-sS", "--max-time", "10", `http://${fwd.addrs[0]}/`]);
     assert.equal(out.code, 0, out.stderr);
