@@ -7,6 +7,7 @@
  */
 
 import { joinHostPort, normalizeIp, splitHostPort, unbracket } from "../protocol/address.ts";
+import { credentialLengths } from "../protocol/codec.ts";
 
 /** A destination: a name or an IP literal (without brackets), and a port. */
 export interface SocksTarget {
@@ -86,12 +87,11 @@ export function parseGateway(url: string): SocksGateway {
     gateway.password = decodeURIComponent(parsed.password);
     // RFC 1929: ULEN and PLEN are 1 to 255. Refused here, not after a
     // connect and a greeting, and only if the gateway asks for them.
-    const ulen = encoder.encode(gateway.username).length;
-    const plen = encoder.encode(gateway.password).length;
-    if (ulen < 1 || ulen > 255 || plen < 1 || plen > 255) {
+    const bad = credentialLengths({ username: gateway.username, password: gateway.password });
+    if (bad) {
       throw new RangeError(
         `gateway: expected a user name and password of 1 to 255 bytes each (RFC 1929), ` +
-          `found ${ulen} and ${plen} in "${shown}"`,
+          `found ${bad[0]} and ${bad[1]} in "${shown}"`,
       );
     }
   }

@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { Credentials } from "../protocol/codec.ts";
+import { credentialLengths, type Credentials } from "../protocol/codec.ts";
 
 /** What an authenticator knows about the client. */
 export interface AuthInfo {
@@ -62,12 +62,11 @@ function equalConstantTime(a: string, b: string): boolean {
 export function staticUsers(users: readonly User[]): Authenticator {
   const byName = new Map<string, string>();
   users.forEach(({ username, password }, i) => {
-    const ulen = encoder.encode(username).length;
-    const plen = encoder.encode(password).length;
-    if (ulen < 1 || ulen > 255 || plen < 1 || plen > 255) {
+    const bad = credentialLengths({ username, password });
+    if (bad) {
       throw new RangeError(
         `users[${i}]: expected a user name and a password of 1 to 255 UTF-8 bytes each ` +
-          `(RFC 1929), found ${ulen} and ${plen} bytes`,
+          `(RFC 1929), found ${bad[0]} and ${bad[1]} bytes`,
       );
     }
     if (byName.has(username)) {

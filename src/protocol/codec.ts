@@ -328,9 +328,12 @@ export function encodeMethodSelection(method: number): Uint8Array {
 export function encodeCredentials(credentials: Credentials): Uint8Array {
   const u = utf8Encoder.encode(credentials.username);
   const p = utf8Encoder.encode(credentials.password);
-  if (u.length < 1 || u.length > 255 || p.length < 1 || p.length > 255) {
+  const bad = credentialLengths(credentials);
+  if (bad) {
     throw new RangeError(
-      `credentials: expected a user name and password of 1 to 255 bytes each, found ${u.length} and ${p.length}`,
+      `credentials: expected a user name and password of 1 to 255 bytes each, found ${bad[0]} and ${
+        bad[1]
+      }`,
     );
   }
   const out = new Uint8Array(3 + u.length + p.length);
@@ -340,6 +343,22 @@ export function encodeCredentials(credentials: Credentials): Uint8Array {
   out[2 + u.length] = p.length;
   out.set(p, 3 + u.length);
   return out;
+}
+
+/**
+ * The UTF-8 byte lengths of a user name and password that RFC 1929 cannot
+ * carry (each must be 1 to 255 bytes), or `null` when both fit.
+ *
+ * @example
+ * ```ts
+ * import { credentialLengths } from "./codec.ts";
+ * credentialLengths({ username: "alice", password: "" }); // [5, 0]
+ * ```
+ */
+export function credentialLengths(credentials: Credentials): [number, number] | null {
+  const u = utf8Encoder.encode(credentials.username).length;
+  const p = utf8Encoder.encode(credentials.password).length;
+  return u < 1 || u > 255 || p < 1 || p > 255 ? [u, p] : null;
 }
 
 /** Encodes the RFC 1929 status reply. */
