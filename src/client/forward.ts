@@ -200,15 +200,7 @@ export function forward(options: ForwardOptions): Forwarder {
           lastAcceptReport = now;
           options.onError?.(err, listener.addr);
         }
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(done, ACCEPT_RETRY_MS);
-          function done() {
-            clearTimeout(timer);
-            controller.signal.removeEventListener("abort", done);
-            resolve();
-          }
-          controller.signal.addEventListener("abort", done, { once: true });
-        });
+        await new Promise((resolve) => setTimeout(resolve, ACCEPT_RETRY_MS));
         continue;
       }
       const p = carry(client);
