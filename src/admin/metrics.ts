@@ -13,7 +13,7 @@
 import { joinHostPort } from "../protocol/address.ts";
 import { replyText } from "../protocol/constants.ts";
 import type { Gateway, SessionInfo } from "../server/gateway.ts";
-import type { RelayType } from "../server/session.ts";
+import type { Protocol, RelayType } from "../server/session.ts";
 import type { CommandName, Histogram } from "../server/stats.ts";
 
 const TYPES: readonly RelayType[] = ["A", "B", "C", "D"];
@@ -71,6 +71,8 @@ export interface GatewaySnapshot {
   };
   /** Requests read, by command. */
   requests: Record<CommandName, number>;
+  /** Sessions by front door (`other`: an unknown or disabled protocol). */
+  protocols: Record<Protocol | "other", number>;
   /** Relays and bytes by RFC 3089 type. */
   types: Record<RelayType, TypeSnapshot>;
   /** Bytes of every type, each way. */
@@ -124,6 +126,7 @@ function snapshotFrom(gateway: Gateway, live: SessionInfo[]): GatewaySnapshot {
       byPhase,
     },
     requests: { ...st.sessionsByCommand },
+    protocols: { ...st.sessionsByProtocol },
     types,
     bytes: {
       up: TYPES.reduce((n, t) => n + types[t].bytesUp, 0),
@@ -223,6 +226,7 @@ export const METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
  * | `dualsocks_accept_errors_total` | counter | |
  * | `dualsocks_sessions_active` | gauge | `phase` |
  * | `dualsocks_requests_total` | counter | `command` |
+ * | `dualsocks_protocol_sessions_total` | counter | `protocol` (socks5, socks4, http, other) |
  * | `dualsocks_relays_total` | counter | `type` (A-D) |
  * | `dualsocks_relays_active` | gauge | `command`, `type` |
  * | `dualsocks_relayed_bytes_total` | counter | `type`, `direction` (up, down) |
@@ -281,6 +285,15 @@ export function renderMetrics(gateway: Gateway): string {
   out.family("dualsocks_requests_total", "counter", "SOCKS requests read, by command.");
   for (const command of COMMANDS) {
     out.sample("dualsocks_requests_total", snap.requests[command], { command });
+  }
+
+  out.family(
+    "dualsocks_protocol_sessions_total",
+    "counter",
+    "Sessions by the protocol of their first byte (other: unknown or not enabled).",
+  );
+  for (const [protocol, n] of Object.entries(snap.protocols)) {
+    out.sample("dualsocks_protocol_sessions_total", n, { protocol });
   }
 
   out.family("dualsocks_relays_total", "counter", "Relays established, by RFC 3089 type.");

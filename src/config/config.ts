@@ -62,6 +62,15 @@ export interface HostPort {
   port: number;
 }
 
+/** The protocols a listener can serve. */
+export type ProtocolName = "socks5" | "socks4" | "http";
+
+/** A listen address, with the protocols served there when it names its own. */
+export interface ListenEntry extends HostPort {
+  /** The protocols of this listener; absent: the file's `protocols`. */
+  protocols?: ProtocolName[];
+}
+
 /**
  * The effective configuration. All durations are in milliseconds.
  *
@@ -74,7 +83,9 @@ export interface HostPort {
  */
 export interface Config {
   /** Addresses to listen on. */
-  listen: HostPort[];
+  listen: ListenEntry[];
+  /** The protocols every listener serves unless its entry names its own. */
+  protocols: ProtocolName[];
   /** RFC 1929 accounts; when non-empty, authentication is required. */
   users: { username: string; password: string }[];
   /** Name resolution. */
@@ -140,6 +151,7 @@ function deepFreeze<T>(value: T): T {
  */
 export const DEFAULT_CONFIG: Config = deepFreeze<Config>({
   listen: [{ host: "::1", port: 1080 }, { host: "127.0.0.1", port: 1080 }],
+  protocols: ["socks5", "socks4", "http"],
   users: [],
   resolver: { family: "auto", nameservers: [], happyEyeballsDelay: 250 },
   outbound: {},
@@ -702,14 +714,38 @@ const hostPortKey = (v: unknown) => {
   return hp.port === 0 ? null : joinHostPort(hp.host, hp.port);
 };
 
+const PROTOCOL_LIST = list(oneOf("socks5", "socks4", "http"), "protocols", {
+  nonEmpty: true,
+  unique: (v) => v as string,
+});
+
+const LISTEN_ENTRY_EXPECTED = `${HOST_PORT_EXPECTED}, or a mapping with address and protocols`;
+const LISTEN_MAPPING = mapping({
+  address: ["address", hostPort(), "required"],
+  protocols: ["protocols", PROTOCOL_LIST],
+});
+/** A listen entry: `HOST:PORT`, or `{ address: HOST:PORT, protocols: [...] }`. */
+const listenEntry: Check = Object.assign(
+  (w: Walk, node: Node, path: string) => {
+    if (!isMap(node)) return hostPort()(w, node, path, undefined);
+    const { address, protocols } = LISTEN_MAPPING(w, node, path, {}) as {
+      address: HostPort;
+      protocols?: ProtocolName[];
+    };
+    return protocols ? { ...address, protocols } : address;
+  },
+  { expected: LISTEN_ENTRY_EXPECTED },
+);
+
 const CONFIG: Check = mapping({
   listen: [
     "listen",
-    list(hostPort(), HOST_PORT_EXPECTED, {
+    list(listenEntry, LISTEN_ENTRY_EXPECTED, {
       nonEmpty: true,
       unique: hostPortKey,
     }),
   ],
+  protocols: ["protocols", PROTOCOL_LIST],
   users: [
     "users",
     list(
@@ -973,7 +1009,11 @@ export function formatConfig(config: Config): string {
 export function configDocument(config: Config): ConfigDocument {
   const hp = (list: HostPort[]) => list.map((h) => joinHostPort(h.host, h.port));
   return {
-    listen: hp(config.listen),
+    listen: config.listen.map((l) => {
+      const address = joinHostPort(l.host, l.port);
+      return l.protocols ? { address, protocols: [...l.protocols] } : address;
+    }),
+    protocols: [...config.protocols],
     users: config.users.map((u) => ({
       username: u.username,
       password: REDACTED,
@@ -1027,8 +1067,10 @@ export function configDocument(config: Config): ConfigDocument {
  * ```
  */
 export interface ConfigDocument {
-  /** `HOST:PORT` strings. */
-  listen: string[];
+  /** `HOST:PORT` strings, or mappings for listeners with their own protocols. */
+  listen: (string | { address: string; protocols: ProtocolName[] })[];
+  /** The protocols of listeners that name none. */
+  protocols: ProtocolName[];
   /** Users, passwords redacted. */
   users: { username: string; password: string }[];
   /** Name resolution. */

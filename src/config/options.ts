@@ -21,6 +21,7 @@ import type { ServeOptions } from "../server/gateway.ts";
 export function optionsFromConfig(config: Config): ServeOptions {
   return {
     listen: config.listen,
+    protocols: config.protocols,
     users: config.users,
     nameservers: config.resolver.nameservers,
     family: config.resolver.family,

@@ -7,7 +7,7 @@
  */
 
 import { type Family, joinHostPort, normalizeIp } from "../protocol/address.ts";
-import { encodeReply, type SocksRequest, toSocksAddress } from "../protocol/codec.ts";
+import { encodeReply, toSocksAddress } from "../protocol/codec.ts";
 import { Reply } from "../protocol/constants.ts";
 import type { RelayConn } from "./dialer.ts";
 import { GatewayError } from "./errors.ts";
@@ -148,12 +148,12 @@ function isUnspecified(host: string): boolean {
 /**
  * Waits for the one peer connection: from `peer.address` when strict and the
  * request named an address, from anyone otherwise, and always one the rules
- * allow. Other peers are closed and waiting goes on. Rejects when `signal` aborts or the client closes
+ * allow (`port` 0: any port). Other peers are closed and waiting goes on. Rejects when `signal` aborts or the client closes
  * its control connection (`clientGone` resolves).
  */
 export async function acceptPeer(
   listener: Deno.TcpListener,
-  request: SocksRequest,
+  port: number,
   options: {
     peer: ResolvedAddress;
     strictPeer: boolean;
@@ -188,7 +188,7 @@ export async function acceptPeer(
           throw new GatewayError(
             Reply.HOST_UNREACHABLE,
             `BIND: no connection from ${
-              joinHostPort(peer.address, request.port)
+              joinHostPort(peer.address, port)
             } before the accept timeout`,
           );
         }
@@ -196,7 +196,7 @@ export async function acceptPeer(
       }
       const from = normalizeIp(conn.remoteAddr.hostname)!;
       const addressOk = !strictPeer || isUnspecified(peer.address) || from.host === peer.address;
-      const portOk = !strictPeer || request.port === 0 || conn.remoteAddr.port === request.port;
+      const portOk = !strictPeer || port === 0 || conn.remoteAddr.port === port;
       let allowed = addressOk && portOk;
       try {
         if (allowed && options.allowed) {

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { joinHostPort, normalizeIp, splitHostPort } from "../protocol/address.ts";
+import { splitHostPort } from "../protocol/address.ts";
 import { replyText } from "../protocol/constants.ts";
 import { type Authenticator, staticUsers, type User } from "../policy/auth.ts";
 import { compileRules, type RuleConfig } from "../policy/rules.ts";
@@ -27,20 +27,17 @@ import type { UdpServerOptions } from "./udp.ts";
 import { compileRoutes, type RouteConfig, type RouteTable } from "./routes.ts";
 import {
   commandName,
+  type Protocol,
+  PROTOCOLS,
   type RelayType,
   type RulesHook,
-  runSession,
   Session,
   type SessionContext,
 } from "./session.ts";
+import { runSession } from "./front_door.ts";
+import { formatAddr, type ListenAddress, Listeners, type Listening } from "./listener.ts";
 
-/** A host and port to listen on. */
-export interface ListenAddress {
-  /** An IP literal (brackets optional). */
-  host: string;
-  /** A port; 0 picks a free one. */
-  port: number;
-}
+export { type ListenAddress, ListenError } from "./listener.ts";
 
 /** Timeouts in milliseconds; 0 disables the idle timeout. */
 export interface Timeouts {
@@ -60,6 +57,13 @@ export interface Timeouts {
 export interface ServeOptions {
   /** Where to listen. Default `[::1]:1080` and `127.0.0.1:1080`. */
   listen?: readonly (string | ListenAddress)[];
+  /**
+   * The protocols every listener serves unless its entry names its own:
+   * any of `"socks5"`, `"socks4"` (SOCKS4 and 4a) and `"http"` (an HTTP
+   * proxy: CONNECT tunnels and forwarded `http://` requests), told apart by
+   * the client's first byte. Default all three.
+   */
+  protocols?: readonly Protocol[];
   /** Users for RFC 1929 authentication; when given, NO AUTH is refused. */
   users?: readonly User[];
   /** Authenticator hook; overrides `users`. */
@@ -111,6 +115,8 @@ export interface SessionInfo {
   client: string;
   /** The authenticated user, if any. */
   user?: string;
+  /** The front door: `"socks5"`, `"socks4"` or `"http"`, once the first byte is read. */
+  protocol?: Protocol;
   /** `"connect"`, `"bind"` or `"udp"`, once the request is read. */
   command?: string;
   /** The requested destination `HOST:PORT`. */
@@ -180,98 +186,8 @@ export interface Gateway {
   shutdown(options?: { grace?: number }): Promise<void>;
 }
 
-/** A listen address that could not be bound. */
-export class ListenError extends Error {
-  /** The address, as `HOST:PORT`. */
-  readonly address: string;
-  /** Creates the error. */
-  constructor(address: string, reason: string, options?: ErrorOptions) {
-    super(`cannot listen on ${address}: ${reason}`, options);
-    this.name = "ListenError";
-    this.address = address;
-  }
-}
-
 /** The embedded default: loopback only, both families. */
 export const DEFAULT_LISTEN: readonly string[] = ["[::1]:1080", "127.0.0.1:1080"];
-
-function toListenAddress(entry: string | ListenAddress): ListenAddress {
-  if (typeof entry !== "string") return entry;
-  const hp = splitHostPort(entry);
-  if (!hp) {
-    throw new ListenError(entry, "expected HOST:PORT with an IP literal host, IPv6 in brackets");
-  }
-  return hp;
-}
-
-/** A listen entry, validated: the normalized host and the `HOST:PORT` it is compared by. */
-interface Requested {
-  hostname: string;
-  port: number;
-  /** Normalized `HOST:PORT`, as asked for (port 0 stays 0). */
-  key: string;
-}
-
-function requested(entry: string | ListenAddress): Requested {
-  const { host, port } = toListenAddress(entry);
-  const ip = normalizeIp(host);
-  if (!ip) {
-    throw new ListenError(
-      joinHostPort(host, port),
-      `expected an IP literal host, found "${host}"`,
-    );
-  }
-  return { hostname: ip.host, port, key: joinHostPort(ip.host, port) };
-}
-
-/** An accept that failed because the client reset while queued, not because of this host. */
-function clientLeft(error: unknown): boolean {
-  return error instanceof Deno.errors.NotConnected ||
-    error instanceof Deno.errors.ConnectionReset ||
-    error instanceof Deno.errors.ConnectionAborted;
-}
-
-function bind(
-  req: Requested,
-  others: readonly { hostname: string; port: number }[] = [],
-): Deno.TcpListener {
-  try {
-    return Deno.listen({ hostname: req.hostname, port: req.port, transport: "tcp" });
-  } catch (error) {
-    let reason = error instanceof Deno.errors.AddrInUse
-      ? "address already in use"
-      : error instanceof Deno.errors.AddrNotAvailable
-      ? "address not available on this host"
-      : (error as Error).message;
-    // On Linux a socket on [::] also takes IPv4 (dual-stack), so [::]:P and
-    // 0.0.0.0:P cannot both be bound: say so rather than leave a riddle.
-    const wildcard = req.hostname === "0.0.0.0" || req.hostname === "::";
-    if (
-      error instanceof Deno.errors.AddrInUse && wildcard && req.port !== 0 &&
-      others.some((o) =>
-        o.port === req.port && (o.hostname === "::" || o.hostname === "0.0.0.0") &&
-        o.hostname !== req.hostname
-      )
-    ) {
-      reason += `; [::]:${req.port} already accepts IPv4 as well: list [::]:${req.port} alone ` +
-        `for both families`;
-    }
-    throw new ListenError(req.key, reason, { cause: error });
-  }
-}
-
-function formatAddr(a: Deno.NetAddr): string {
-  return joinHostPort(a.hostname, a.port);
-}
-
-/** One bound listener and its accept loop. */
-interface Listening {
-  listener: Deno.TcpListener;
-  /** The normalized address asked for, e.g. `127.0.0.1:0`. */
-  requested: string;
-  /** Set when a reload removed it. */
-  closed: boolean;
-}
 
 /** What new sessions get; a reload swaps it, running sessions keep theirs. */
 interface Settings {
@@ -362,27 +278,10 @@ export function serve(options: ServeOptions = {}): Gateway {
   gate.limit = settings.maxHandshakes;
   const startedAt = Date.now();
 
-  let listening: Listening[] = [];
-  {
-    const bound: Deno.TcpListener[] = [];
-    try {
-      for (const entry of options.listen ?? DEFAULT_LISTEN) {
-        const req = requested(entry);
-        bound.push(bind(req, bound.map((l) => l.addr)));
-        listening.push({ listener: bound.at(-1)!, requested: req.key, closed: false });
-      }
-    } catch (error) {
-      for (const l of bound) l.close();
-      throw error;
-    }
-  }
-  const currentAddrs = () => listening.map((l) => l.listener.addr);
-
   const sessions = new LiveSet<Session>();
   let nextId = 1;
   let stopping = false;
   let lastRejectLog = 0;
-  let lastAcceptErrorLog = 0;
   let drained: (() => void) | null = null;
 
   // One timer sweeps every session for the handshake, connect and idle timeouts.
@@ -437,6 +336,7 @@ export function serve(options: ServeOptions = {}): Gateway {
       id: s.id,
       client: formatAddr(s.client),
       user: s.user ?? "-",
+      protocol: s.protocol ?? "-",
       command: s.command === undefined ? "-" : commandName(s.command),
       destination: s.destination ?? "-",
       resolved: s.resolved ?? "-",
@@ -448,12 +348,12 @@ export function serve(options: ServeOptions = {}): Gateway {
       reason: s.closeReason ?? "closed",
     };
     log.info(
-      "session {id} {type} {client} user={user} {command} {destination} -> {resolved} reply={reply} up={bytesUp} down={bytesDown} {durationMs}ms: {reason}",
+      "session {id} {type} {protocol} {client} user={user} {command} {destination} -> {resolved} reply={reply} up={bytesUp} down={bytesDown} {durationMs}ms: {reason}",
       props,
     );
   };
 
-  const handle = (conn: Deno.TcpConn) => {
+  const handle = (conn: Deno.TcpConn, from: Listening) => {
     const { ctx, timeouts, maxSessions } = settings;
     if (stopping || sessions.size >= maxSessions) {
       stats.sessionsRejected++;
@@ -472,99 +372,25 @@ export function serve(options: ServeOptions = {}): Gateway {
     gate.admit(s.id);
     s.timeouts = timeouts;
     stats.sessionsTotal++;
-    runSession(conn, s, ctx).finally(() => finish(s));
+    runSession(conn, s, ctx, from.protocols).finally(() => finish(s));
   };
 
-  const acceptLoop = async (entry: Listening) => {
-    const { listener } = entry;
-    const cancelled = () => stopping || entry.closed;
-    while (!stopping && !entry.closed) {
-      // Checked first so that an open gate costs no promise per client.
-      if (gate.shut && (await gate.ready(cancelled))) stats.acceptsHeld++;
-      if (stopping || entry.closed) return;
-      let conn: Deno.TcpConn;
-      try {
-        conn = await listener.accept();
-      } catch (error) {
-        if (stopping || entry.closed || error instanceof Deno.errors.BadResource) return;
-        // Keep serving. A client that reset while queued is its own business
-        // (debug); anything else is a warning, at most one a second, so that
-        // resetting clients or a lasting EMFILE cannot flood the log.
-        stats.acceptErrors++;
-        const fields = { addr: formatAddr(listener.addr), error: (error as Error).message };
-        if (clientLeft(error)) log.debug("accept on {addr}: client already gone: {error}", fields);
-        else {
-          const now = performance.now();
-          if (now - lastAcceptErrorLog > 1000) {
-            lastAcceptErrorLog = now;
-            log.warn("accept on {addr} failed: {error} ({failures} failed accepts in all)", {
-              ...fields,
-              failures: stats.acceptErrors,
-            });
-          }
-        }
-        if (/too many open files/i.test((error as Error).message)) {
-          await new Promise((r) => setTimeout(r, 50));
-        }
-        continue;
-      }
-      if (entry.closed && !stopping) {
-        // Accepted just as a reload removed this listener.
-        conn.close();
-        return;
-      }
-      handle(conn);
-    }
-  };
-  const loops = new Set<Promise<void>>();
-  const startLoop = (entry: Listening) => {
-    const loop = acceptLoop(entry);
-    loops.add(loop);
-    loop.finally(() => loops.delete(loop));
-  };
-  const closeListener = (entry: Listening) => {
-    entry.closed = true;
-    gate.wakeAll(); // a loop waiting at the gate sees `closed` now
-    try {
-      entry.listener.close();
-    } catch { /* already closed */ }
-  };
-  for (const entry of listening) startLoop(entry);
+  const listeners = new Listeners({ onConn: handle, gate, stats, log });
+  listeners.open(options.listen ?? DEFAULT_LISTEN, options.protocols ?? PROTOCOLS);
+  const currentAddrs = () => listeners.addrs;
 
   const reload = (next: ServeOptions): void => {
     if (stopping) {
       throw new Error("cannot reload: expected a running gateway, found it shutting down");
     }
     const nextSettings = settingsFrom(next, shared);
-    const nextListening: Listening[] = [];
-    const added: Listening[] = [];
-    try {
-      for (const entry of next.listen ?? DEFAULT_LISTEN) {
-        const req = requested(entry);
-        const existing = listening.find((l) =>
-          !nextListening.includes(l) &&
-          (l.requested === req.key || formatAddr(l.listener.addr) === req.key)
-        );
-        if (existing) {
-          nextListening.push(existing);
-        } else {
-          const taken = [...nextListening, ...listening].map((l) => l.listener.addr);
-          const entry = { listener: bind(req, taken), requested: req.key, closed: false };
-          added.push(entry);
-          nextListening.push(entry);
-        }
-      }
-    } catch (error) {
-      for (const l of added) closeListener(l);
-      throw error;
-    }
-    const removed = listening.filter((l) => !nextListening.includes(l));
+    const { added, removed } = listeners.apply(
+      next.listen ?? DEFAULT_LISTEN,
+      next.protocols ?? PROTOCOLS,
+    );
     settings = nextSettings;
     gate.limit = nextSettings.maxHandshakes;
     sweepFor(nextSettings.timeouts);
-    listening = nextListening;
-    for (const l of removed) closeListener(l);
-    for (const l of added) startLoop(l);
     log.info("reloaded: listening on {addrs} (added {added}, removed {removed})", {
       addrs: currentAddrs().map(formatAddr).join(" "),
       added: added.map((l) => formatAddr(l.listener.addr)).join(" ") || "none",
@@ -607,8 +433,7 @@ export function serve(options: ServeOptions = {}): Gateway {
     graceLimit = grace;
     shutdownPromise = (async () => {
       stopping = true;
-      for (const l of listening) closeListener(l);
-      await Promise.all(loops);
+      await listeners.close();
       for (const s of sessions.snapshot()) if (s.phase !== "relay") s.abort("shutdown");
       if (sessions.size > 0) {
         log.info("waiting up to {grace} ms for {count} relays to finish", {
@@ -641,6 +466,7 @@ export function serve(options: ServeOptions = {}): Gateway {
         id: s.id,
         client: formatAddr(s.client),
         user: s.user,
+        protocol: s.protocol,
         command: s.command === undefined ? undefined : commandName(s.command),
         destination: s.destination,
         resolved: s.resolved,

@@ -1,46 +1,25 @@
 /**
- * One client session: the SOCKS5 handshake state machine, then one of the
- * three commands (CONNECT, BIND, UDP ASSOCIATE) and the relay.
+ * One client session and the request pipeline that every front door
+ * (SOCKS5, SOCKS4/4a, HTTP) ends in: authentication, rules, resolution,
+ * dialing, the relay. The front doors (`socks5.ts`, `socks4.ts`,
+ * `http_proxy.ts`) only read their protocol's request and write its
+ * replies; `front_door.ts` picks one from the first byte.
  *
  * @module
  */
 
-import { BufferedReader } from "../io/buffered_reader.ts";
 import { type Family, isLoopbackIp, joinHostPort, normalizeIp } from "../protocol/address.ts";
 import type { Slotted } from "./live_set.ts";
-import {
-  decodeCredentials,
-  decodeGreeting,
-  decodeRequest,
-  encodeAuthStatus,
-  encodeMethodSelection,
-  encodeReply,
-  ProtocolError,
-  type SocksRequest,
-  toSocksAddress,
-} from "../protocol/codec.ts";
-import { Command, Method, Reply } from "../protocol/constants.ts";
+import type { Credentials } from "../protocol/codec.ts";
+import { Command, Reply } from "../protocol/constants.ts";
 import type { Authenticator } from "../policy/auth.ts";
 import { combineDecisions, type RuleContext, type RuleDecision } from "../policy/rules.ts";
 import { type Dialer, happyEyeballs, type RelayConn } from "./dialer.ts";
 import type { RuleCommand } from "../policy/rules.ts";
-import {
-  ConnectTimeoutError,
-  describeError,
-  GatewayError,
-  replyFor,
-  ResolveError,
-} from "./errors.ts";
+import { ConnectTimeoutError, describeError, GatewayError, ResolveError } from "./errors.ts";
 import { relay, type RelayStats } from "./relay.ts";
-import {
-  acceptPeer,
-  addressReply,
-  bindListen,
-  type BindServerOptions,
-  ClientGoneError,
-  PrefetchedConn,
-} from "./bind.ts";
-import { Association, bindUdp, type UdpServerOptions } from "./udp.ts";
+import type { BindServerOptions } from "./bind.ts";
+import type { UdpServerOptions } from "./udp.ts";
 import { connectVia, describeChain, type RouteTable } from "./routes.ts";
 import { type CommandName, type GatewayStats, observe } from "./stats.ts";
 import {
@@ -55,6 +34,12 @@ import {
 
 /** The rules hook: decides whether a request may proceed. */
 export type RulesHook = (ctx: RuleContext) => RuleDecision | Promise<RuleDecision>;
+
+/** The protocols a listener can speak, told apart by the client's first byte. */
+export type Protocol = "socks5" | "socks4" | "http";
+
+/** Every protocol, in the order they are documented. */
+export const PROTOCOLS: readonly Protocol[] = ["socks5", "socks4", "http"];
 
 /** RFC 3089 relay types, from the families of the two sockets. */
 export type RelayType = "A" | "B" | "C" | "D";
@@ -112,6 +97,8 @@ export class Session implements RelayStats, Slotted {
   /** `performance.now()` at accept, for the handshake latency. */
   readonly acceptedAt = performance.now();
   phase: "handshake" | "connect" | "relay" | "closed" = "handshake";
+  /** The front door the client came through, once its first byte is read. */
+  protocol?: Protocol;
   /** The upstream chain a routed CONNECT went through. */
   route?: string;
   /** The outbound socket's local address, once connected (used by BIND). */
@@ -181,143 +168,74 @@ export class Session implements RelayStats, Slotted {
   }
 }
 
-async function writeAll(conn: RelayConn, bytes: Uint8Array): Promise<void> {
+/** Writes all of `bytes`. */
+export async function writeAll(conn: RelayConn, bytes: Uint8Array): Promise<void> {
   for (let off = 0; off < bytes.length;) off += await conn.write(bytes.subarray(off));
 }
 
-function failureReply(s: Session, code: number): Uint8Array {
-  const host = s.clientFamily === 6 ? "::" : "0.0.0.0";
-  return encodeReply({ reply: code, address: toSocksAddress(host), port: 0 });
-}
-
-/** What a command handler gets: the client, its reader, the request. */
-interface CommandCall {
-  conn: Deno.Conn;
-  reader: BufferedReader;
-  request: SocksRequest;
-  s: Session;
-  ctx: SessionContext;
-  /** Sends the (first) success reply naming `host:port`. */
-  succeed(host: string, port: number): Promise<void>;
-}
-
 /** A command that got as far as relaying: the promise of the relay's end. */
-type Started = { relaying: Promise<void> } | undefined;
-
-/**
- * Runs one session to its end. Never throws: every outcome is recorded in
- * `s.closeReason` and every socket is closed. Once the relay runs, no
- * async frame of the handshake stays suspended (idle relays stay small).
- */
-export async function runSession(
-  conn: Deno.Conn,
-  s: Session,
-  ctx: SessionContext,
-): Promise<void> {
-  const reader = new BufferedReader(conn);
-  let replied = false;
-  let started: Started;
-  try {
-    // 1. Method negotiation: user/pass when configured, else NO AUTH.
-    const { methods } = await reader.decode(decodeGreeting, "greeting");
-    const want = ctx.authenticator ? Method.USERPASS : Method.NO_AUTH;
-    const method = methods.includes(want) ? want : Method.NO_ACCEPTABLE;
-    await writeAll(conn, encodeMethodSelection(method));
-    if (method === Method.NO_ACCEPTABLE) {
-      s.closeReason = "no acceptable authentication method";
-      return end(s);
-    }
-    // 2. RFC 1929 sub-negotiation.
-    if (method === Method.USERPASS) {
-      const creds = await reader.decode(decodeCredentials, "username/password request").catch(
-        async (error) => {
-          // Not UTF-8, so no configured user's: a failed login (RFC 1929: a
-          // status, then the close), not a silent one.
-          if (error instanceof ProtocolError && error.kind === "credentials-encoding") {
-            ctx.stats.authFailures++;
-            await writeAll(conn, encodeAuthStatus(false)).catch(() => {});
-          }
-          throw error;
-        },
-      );
-      const ok = await raceSignal(
-        Promise.resolve(ctx.authenticator!(creds, { client: s.client, signal: s.signal })),
-        s.signal,
-      );
-      await writeAll(conn, encodeAuthStatus(ok));
-      if (!ok) {
-        ctx.stats.authFailures++;
-        s.closeReason = `authentication failed for user "${creds.username}"`;
-        return end(s);
-      }
-      s.user = creds.username;
-    }
-    // 3. The request.
-    const request = await reader.decode(decodeRequest, "request");
-    s.command = request.command;
-    s.destination = joinHostPort(request.address.host, request.port);
-    ctx.stats.sessionsByCommand[commandName(request.command)]++;
-    observe(ctx.stats.handshakeSeconds, (performance.now() - s.acceptedAt) / 1000);
-    // 4. The command.
-    s.phase = "connect";
-    const command: CommandCall = {
-      conn,
-      reader,
-      request,
-      s,
-      ctx,
-      async succeed(host, port) {
-        s.reply = Reply.SUCCEEDED;
-        replied = true;
-        await writeAll(conn, addressReply(host, port));
-        ctx.handshakeDone?.(s.id);
-      },
-    };
-    if (request.command === Command.CONNECT) started = await connectCommand(command);
-    else if (request.command === Command.BIND) started = await bindCommand(command);
-    else if (request.command === Command.UDP_ASSOCIATE) started = await udpCommand(command);
-    else {
-      throw new GatewayError(
-        Reply.COMMAND_NOT_SUPPORTED,
-        `command ${request.command} not supported`,
-      );
-    }
-  } catch (error) {
-    if (s.aborted) return end(s);
-    s.closeReason ??= describeError(error);
-    // Before the request is decoded there is nothing to reply to, except a
-    // malformed request that the codec gave a reply code (e.g. bad ATYP -> 8).
-    const code = error instanceof ProtocolError
-      ? error.reply
-      : s.command !== undefined
-      ? replyFor(error)
-      : undefined;
-    if (code === Reply.NOT_ALLOWED) ctx.stats.ruleDenials++;
-    if (!replied && code !== undefined) {
-      s.reply = code;
-      await writeAll(conn, failureReply(s, code)).catch(() => {});
-    }
-    return end(s);
-  }
-  // Returned, not awaited: this frame ends now and the relay runs on.
-  return started ? started.relaying.then(() => end(s)) : end(s);
-}
+export type Started = { relaying: Promise<void> } | undefined;
 
 /** Closes whatever is left of the session, once. */
-function end(s: Session): void {
+export function end(s: Session): void {
   s.abort(s.closeReason ?? "closed");
   s.phase = "closed";
 }
 
 /**
- * Starts relaying, beginning with what the client sent early. The promise
- * settles when the relay has ended, with `s.closeReason` set; it never rejects.
+ * Checks credentials with the gateway's authenticator, for every front door
+ * alike (SOCKS5's RFC 1929 login, SOCKS4's USERID, HTTP's Basic
+ * Proxy-Authorization). Counts a failure and records it as the close reason;
+ * on success records the user. Resolves to whether the login succeeded.
+ *
+ * @example
+ * ```ts ignore
+ * if (!(await authenticate(s, ctx, { username, password }))) return end(s);
+ * ```
  */
-function relayTo(c: CommandCall, peer: RelayConn, client: RelayConn = c.conn): Started {
-  const s = c.s;
+export async function authenticate(
+  s: Session,
+  ctx: SessionContext,
+  creds: Credentials,
+): Promise<boolean> {
+  const ok = await raceSignal(
+    Promise.resolve(ctx.authenticator!(creds, { client: s.client, signal: s.signal })),
+    s.signal,
+  );
+  if (!ok) {
+    ctx.stats.authFailures++;
+    s.closeReason = `authentication failed for user "${creds.username}"`;
+    return false;
+  }
+  s.user = creds.username;
+  return true;
+}
+
+/**
+ * Records a request once its front door has read it: command, destination,
+ * the counters and the handshake latency. The session moves to "connect".
+ */
+export function requested(s: Session, ctx: SessionContext, command: number, dest: string): void {
+  s.command = command;
+  s.destination = dest;
+  ctx.stats.sessionsByCommand[commandName(command)]++;
+  observe(ctx.stats.handshakeSeconds, (performance.now() - s.acceptedAt) / 1000);
+  s.phase = "connect";
+}
+
+/**
+ * Starts relaying, beginning with what the client sent early (`early`). The
+ * promise settles when the relay has ended, with `s.closeReason` set; it
+ * never rejects.
+ */
+export function relayTo(
+  s: Session,
+  early: Uint8Array,
+  client: RelayConn,
+  peer: RelayConn,
+): Started {
   s.phase = "relay";
   s.lastActive = performance.now(); // idle time counts from here, not from accept
-  const early = c.reader.takeRest();
   const ready = early.length === 0 ? Promise.resolve() : writeAll(peer, early).then(() => {
     s.bytesUp += early.length;
   });
@@ -331,16 +249,33 @@ function relayTo(c: CommandCall, peer: RelayConn, client: RelayConn = c.conn): S
   return { relaying };
 }
 
-function netAddr(addr: Deno.Addr): { host: string; family: Family; port: number } {
+/** A socket address, normalized. */
+export function netAddr(addr: Deno.Addr): { host: string; family: Family; port: number } {
   const a = addr as Deno.NetAddr;
   const ip = normalizeIp(a.hostname)!;
   return { host: ip.host, family: ip.family, port: a.port };
 }
 
-async function connectCommand(c: CommandCall): Promise<Started> {
-  const { s, ctx, request } = c;
+/**
+ * Connects to the destination of a CONNECT-like request (SOCKS5 and SOCKS4
+ * CONNECT, an HTTP CONNECT tunnel or a forwarded HTTP request): routes,
+ * rules, resolution and Happy Eyeballs under the connect deadline, then
+ * records the resolved address and the RFC 3089 type. The connection is
+ * owned by the session (closed with it).
+ *
+ * @example
+ * ```ts ignore
+ * const target = await openConnection(s, ctx, "v4only.test", 80);
+ * ```
+ */
+export async function openConnection(
+  s: Session,
+  ctx: SessionContext,
+  host: string,
+  port: number,
+): Promise<RelayConn> {
   const started = performance.now();
-  const target = await connectTarget(request, s, ctx);
+  const target = await connectTarget(host, port, s, ctx);
   s.own(target);
   observe(ctx.stats.connectSeconds, (performance.now() - started) / 1000);
   const local = netAddr(target.localAddr);
@@ -348,110 +283,11 @@ async function connectCommand(c: CommandCall): Promise<Started> {
   s.localAddress = local.host;
   s.resolved = s.route ? `via ${s.route}` : joinHostPort(remote.host, remote.port);
   s.type = relayType(s.clientFamily, remote.family);
-  await c.succeed(local.host, local.port);
-  return relayTo(c, target);
+  return target;
 }
 
-async function bindCommand(c: CommandCall): Promise<Started> {
-  const { s, ctx, request, conn } = c;
-  const [peer] = await underConnectDeadline(
-    s,
-    ctx,
-    (signal) => destinationAddresses(request.address.host, request.port, "bind", s, ctx, signal),
-  );
-  const listener = bindListen({
-    peer,
-    controlLocal: netAddr(conn.localAddr),
-    outbound: ctx.outbound,
-    towardPeer: ctx.localAddressToward?.(peer.address),
-  });
-  s.own(listener);
-  const bound = netAddr(listener.addr);
-  await c.succeed(bound.host, bound.port);
-  // Watch the control connection: a client that gives up ends the wait.
-  const client = new PrefetchedConn(conn);
-  let incoming: Deno.TcpConn;
-  const signal = AbortSignal.any([
-    AbortSignal.timeout(ctx.bind?.acceptTimeout ?? 60_000),
-    s.signal,
-  ]);
-  try {
-    incoming = await acceptPeer(listener, request, {
-      peer,
-      strictPeer: ctx.bind?.strictPeer ?? true,
-      signal,
-      clientGone: client.gone,
-      allowed: ctx.rules
-        ? async (host, port) =>
-          (await decide(ctx, s, "bind", host, port, signal)).action === "allow"
-        : undefined,
-    });
-  } catch (error) {
-    if (error instanceof ClientGoneError) throw error;
-    // The first reply succeeded; the second one carries the failure.
-    s.reply = replyFor(error);
-    if (!s.aborted) await writeAll(conn, failureReply(s, s.reply)).catch(() => {});
-    throw error;
-  }
-  s.own(incoming);
-  const from = netAddr(incoming.remoteAddr);
-  s.resolved = joinHostPort(from.host, from.port);
-  s.type = relayType(s.clientFamily, from.family);
-  await writeAll(conn, addressReply(from.host, from.port));
-  return relayTo(c, incoming, client);
-}
-
-async function udpCommand(c: CommandCall): Promise<Started> {
-  const { s, ctx, request, conn } = c;
-  const local = netAddr(conn.localAddr);
-  // DST.ADDR/DST.PORT name the client's expected source, never a destination.
-  const expected = normalizeIp(request.address.host);
-  const port = expected && expected.host !== "0.0.0.0" && expected.host !== "::" ? request.port : 0;
-  const socket = await bindUdp(local.family, local.host, ctx.udp?.portRange);
-  const association = new Association(
-    socket,
-    { host: s.client.hostname, port },
-    { outbound: ctx.outbound, nameCacheTtl: ctx.udp?.nameCacheTtl },
-    {
-      resolve: (name, p) => destinationAddresses(name, p, "udp", s, ctx),
-      allowed: async (host, p, family) =>
-        allowedFamilies(ctx.family).includes(family) &&
-        (ctx.rules
-          ? (await decide(ctx, s, "udp", host, p)).action === "allow"
-          : !(loopbackGuard(ctx, s) && isLocalTarget(host))),
-      onDatagram(up, bytes, family) {
-        s.active = true;
-        s.type ??= relayType(s.clientFamily, family);
-        if (up) {
-          s.bytesUp += bytes;
-          s.datagramsUp++;
-          ctx.stats.udp.fromClients++;
-        } else {
-          s.bytesDown += bytes;
-          s.datagramsDown++;
-          ctx.stats.udp.toClients++;
-        }
-      },
-      onDrop: () => ctx.stats.udp.dropped++,
-    },
-  );
-  s.own(association);
-  const advertised = (local.family === 4 ? ctx.udp?.advertise?.ipv4 : ctx.udp?.advertise?.ipv6) ??
-    local.host;
-  await c.succeed(advertised, socket.address().port);
-  s.phase = "relay";
-  s.lastActive = performance.now();
-  // The association lives as long as its TCP control connection.
-  const relaying = (async () => {
-    const buf = new Uint8Array(64);
-    while ((await conn.read(buf).catch(() => null)) !== null) { /* nothing to read */ }
-    s.closeReason ??= `control connection closed; ${association.counters.up} datagrams up, ` +
-      `${association.counters.down} down, ${association.counters.dropped} dropped`;
-  })();
-  return { relaying };
-}
-
-function decide(
+/** Asks the rules about one destination, bounded by `signal`. */
+export function decide(
   ctx: SessionContext,
   s: Session,
   command: RuleCommand,
@@ -474,7 +310,7 @@ function decide(
  * API, a database...) through the gateway. Rules, once configured, decide
  * alone.
  */
-function loopbackGuard(ctx: SessionContext, s: Session): boolean {
+export function loopbackGuard(ctx: SessionContext, s: Session): boolean {
   return !ctx.rules && !s.clientLoopback;
 }
 
@@ -484,7 +320,7 @@ function isUnspecified(ip: string): boolean {
 }
 
 /** A loopback or unspecified address, in any literal form (`::ffff:0.0.0.0` too). */
-function isLocalTarget(ip: string): boolean {
+export function isLocalTarget(ip: string): boolean {
   const n = normalizeIp(ip);
   return n !== null && (isLoopbackIp(n) || isUnspecified(n.host));
 }
@@ -503,7 +339,7 @@ function loopbackRefused(host: string, port: number): GatewayError {
  * names resolved by the gateway, IP literals (also in a DOMAINNAME, RFC 3089
  * section 3) used as they are.
  */
-async function destinationAddresses(
+export async function destinationAddresses(
   host: string,
   port: number,
   command: RuleCommand,
@@ -574,12 +410,11 @@ async function destinationAddresses(
 }
 
 function connectTarget(
-  request: SocksRequest,
+  host: string,
+  port: number,
   s: Session,
   ctx: SessionContext,
 ): Promise<RelayConn> {
-  const { host } = request.address;
-  const { port } = request;
   return underConnectDeadline(s, ctx, async (signal) => {
     const chain = ctx.routes?.({
       client: { host: s.client.hostname, port: s.client.port },

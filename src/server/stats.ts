@@ -6,7 +6,7 @@
  * @module
  */
 
-import type { RelayType } from "./session.ts";
+import type { Protocol, RelayType } from "./session.ts";
 
 /** A cumulative histogram with fixed upper bounds, in seconds. */
 export interface Histogram {
@@ -72,6 +72,8 @@ export interface GatewayStats {
    * descriptors.
    */
   acceptErrors: number;
+  /** Sessions by the protocol of their first byte (`other`: unknown or not enabled). */
+  sessionsByProtocol: Record<Protocol | "other", number>;
   /** Sessions whose request was read, by command. */
   sessionsByCommand: Record<CommandName, number>;
   /** Relays that were established, by RFC 3089 type. */
@@ -103,6 +105,7 @@ export function newStats(): GatewayStats {
     sessionsRejected: 0,
     acceptsHeld: 0,
     acceptErrors: 0,
+    sessionsByProtocol: { socks5: 0, socks4: 0, http: 0, other: 0 },
     sessionsByCommand: { connect: 0, bind: 0, udp: 0, other: 0 },
     relaysByType: { A: 0, B: 0, C: 0, D: 0 },
     bytesByType: {
