@@ -56,7 +56,7 @@ export {
   type DialTarget,
   type RelayConn,
 } from "./src/server/dialer.ts";
-export type { RelayType, RulesHook } from "./src/server/session.ts";
+export { PROTOCOLS, type Protocol, type RelayType, type RulesHook } from "./src/server/session.ts";
 export { compileRoutes, type RouteConfig, type RouteTable } from "./src/server/routes.ts";
 export type { BindServerOptions } from "./src/server/bind.ts";
 export type { UdpServerOptions } from "./src/server/udp.ts";
@@ -81,6 +81,7 @@ export {
   DEFAULT_CONFIG,
   formatConfig,
   type HostPort,
+  type ListenEntry,
   loadConfig,
   parseConfig,
 } from "./src/config/config.ts";

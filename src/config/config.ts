@@ -42,9 +42,11 @@ import {
 } from "../policy/rules.ts";
 
 import type { FamilyPolicy } from "../server/resolver.ts";
+import type { Protocol } from "../server/session.ts";
 import type { RouteConfig } from "../server/routes.ts";
 import { parseGateway, redactGatewayUrl } from "../client/address.ts";
 export type { FamilyPolicy };
+export type { Protocol };
 
 /**
  * A host and port; the host is a normalized IP literal without brackets.
@@ -62,13 +64,10 @@ export interface HostPort {
   port: number;
 }
 
-/** The protocols a listener can serve. */
-export type ProtocolName = "socks5" | "socks4" | "http";
-
 /** A listen address, with the protocols served there when it names its own. */
 export interface ListenEntry extends HostPort {
   /** The protocols of this listener; absent: the file's `protocols`. */
-  protocols?: ProtocolName[];
+  protocols?: Protocol[];
 }
 
 /**
@@ -85,7 +84,7 @@ export interface Config {
   /** Addresses to listen on. */
   listen: ListenEntry[];
   /** The protocols every listener serves unless its entry names its own. */
-  protocols: ProtocolName[];
+  protocols: Protocol[];
   /** RFC 1929 accounts; when non-empty, authentication is required. */
   users: { username: string; password: string }[];
   /** Name resolution. */
@@ -730,7 +729,7 @@ const listenEntry: Check = Object.assign(
     if (!isMap(node)) return hostPort()(w, node, path, undefined);
     const { address, protocols } = LISTEN_MAPPING(w, node, path, {}) as {
       address: HostPort;
-      protocols?: ProtocolName[];
+      protocols?: Protocol[];
     };
     return protocols ? { ...address, protocols } : address;
   },
@@ -1068,9 +1067,9 @@ export function configDocument(config: Config): ConfigDocument {
  */
 export interface ConfigDocument {
   /** `HOST:PORT` strings, or mappings for listeners with their own protocols. */
-  listen: (string | { address: string; protocols: ProtocolName[] })[];
+  listen: (string | { address: string; protocols: Protocol[] })[];
   /** The protocols of listeners that name none. */
-  protocols: ProtocolName[];
+  protocols: Protocol[];
   /** Users, passwords redacted. */
   users: { username: string; password: string }[];
   /** Name resolution. */

@@ -13,6 +13,7 @@ import { ProtocolError } from "../protocol/codec.ts";
 import { Reply } from "../protocol/constants.ts";
 import type { CommandCall } from "./commands.ts";
 import { describeError, replyFor } from "./errors.ts";
+import { httpDoor } from "./http_proxy.ts";
 import { socks5Door } from "./socks5.ts";
 import {
   end,
@@ -48,6 +49,7 @@ export type Door = (call: DoorCall) => Promise<Started>;
 /** The front doors by protocol. */
 export const DOORS: Partial<Record<Protocol, Door>> = {
   socks5: socks5Door,
+  http: httpDoor,
 };
 
 /**

@@ -153,6 +153,15 @@ export class Session implements RelayStats, Slotted {
     else this.#conns.push(conn);
   }
 
+  /**
+   * Stops tracking a socket the session closed itself (an HTTP upstream it
+   * dropped), so that a long session does not keep every socket it used.
+   */
+  disown(conn: { close(): void }): void {
+    const i = this.#conns.indexOf(conn);
+    if (i >= 0) this.#conns.splice(i, 1);
+  }
+
   /** Ends the session now, once: records `reason`, aborts work, closes every socket once. */
   abort(reason: string): void {
     if (this.aborted) return;

@@ -65,6 +65,7 @@ function assertConfigError(
 Deno.test("DEFAULT_CONFIG has the documented values", () => {
   assert.deepEqual(DEFAULT_CONFIG, {
     listen: [{ host: "::1", port: 1080 }, { host: "127.0.0.1", port: 1080 }],
+    protocols: ["socks5", "socks4", "http"],
     users: [],
     resolver: { family: "auto", nameservers: [], happyEyeballsDelay: 250 },
     outbound: {},
@@ -165,6 +166,7 @@ Deno.test("every key is parsed and normalized", () => {
       { host: "::", port: 0 },
       { host: "2001:db8::1", port: 9050 },
     ],
+    protocols: ["socks5", "socks4", "http"],
     users: [
       { username: "alice", password: "secret" },
       { username: "ünïcode", password: "pass word" },
@@ -260,7 +262,7 @@ Deno.test("error: listen entries that are not IP literals or have bad ports", ()
       ['"127.0.0.1:65536"', '"127.0.0.1:65536"'],
       ['"256.0.0.1:1"', '"256.0.0.1:1"'],
       ["1080", "1080"],
-      ["{a: 1}", "a mapping"],
+      ["[1, 2]", "a list"],
     ]
   ) {
     assertConfigError(`listen: [${item}]`, {
@@ -312,7 +314,7 @@ Deno.test("error: unknown key, at every level", () => {
     path: "listn",
     line: 1,
     column: 1,
-    message: /unknown key; expected one of listen, users, resolver/,
+    message: /unknown key; expected one of listen, protocols, users, resolver/,
   });
   assertConfigError("users:\n  - username: a\n    pasword: b\n", {
     path: "users[0].pasword",
