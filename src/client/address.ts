@@ -1,6 +1,7 @@
 /**
  * Parsing of what the client is given: gateway URLs (`socks5://` and
- * `socks5h://`, optional RFC 1929 credentials) and targets (`HOST:PORT` or
+ * `socks5h://`, optional RFC 1929 credentials, a hop with alternatives) and
+ * targets (`HOST:PORT`, `{ hostname, port }` as for `Deno.connect`, or
  * `{ host, port }`).
  *
  * @module
@@ -16,6 +17,31 @@ export interface SocksTarget {
   /** The TCP port, 1 to 65535. */
   port: number;
 }
+
+/**
+ * A destination as the Deno-shaped functions take it: `"host:port"` (IPv6 in
+ * brackets), `{ hostname, port }` (what `Deno.connect` takes), or
+ * `{ host, port }`.
+ */
+export type SocksTargetInit = string | SocksTarget | { hostname: string; port: number };
+
+/**
+ * One hop of a chain: a gateway URL, or a list of alternative gateway URLs
+ * for that hop (failover: tried in order, skipping those recently down).
+ */
+export type SocksHop = string | readonly string[];
+
+/**
+ * The `via` option: one gateway URL, or the chain of hops in traversal order,
+ * each hop a URL or a list of alternatives.
+ *
+ * @example
+ * ```ts
+ * import type { SocksVia } from "./address.ts";
+ * const via: SocksVia = [["socks5://[2001:db8::1]:1080", "socks5://[2001:db8::2]:1080"]];
+ * ```
+ */
+export type SocksVia = string | readonly SocksHop[];
 
 /** One gateway of a chain, parsed from its URL. */
 export interface SocksGateway {
@@ -121,15 +147,17 @@ export function redactGatewayUrl(url: string): string {
 }
 
 /**
- * Normalizes the `via` option into a non-empty list of gateways.
+ * Normalizes the `via` option into a non-empty list of hops, each a
+ * non-empty list of alternative gateways (one for a plain URL).
  *
  * @example
  * ```ts
- * import { parseChain } from "./address.ts";
- * parseChain(["socks5://[::1]:1080", "socks5h://192.0.2.7:1080"]).length; // 2
+ * import { parseHops } from "./address.ts";
+ * parseHops([["socks5://[::1]:1080", "socks5://127.0.0.1:1080"], "socks5://192.0.2.7"]);
+ * // [[{ host: "::1", ... }, { host: "127.0.0.1", ... }], [{ host: "192.0.2.7", ... }]]
  * ```
  */
-export function parseChain(via: string | readonly string[] | undefined): SocksGateway[] {
+export function parseHops(via: SocksVia | undefined): SocksGateway[][] {
   const list = via === undefined ? [] : typeof via === "string" ? [via] : [...via];
   if (list.length === 0) {
     throw new TypeError(
@@ -138,24 +166,63 @@ export function parseChain(via: string | readonly string[] | undefined): SocksGa
       }`,
     );
   }
-  return list.map(parseGateway);
+  return list.map((hop, i) => {
+    if (typeof hop === "string") return [parseGateway(hop)];
+    if (!Array.isArray(hop) || hop.length === 0 || hop.some((h) => typeof h !== "string")) {
+      throw new TypeError(
+        `via: expected hop ${
+          i + 1
+        } to be a gateway URL or a non-empty list of gateway URLs, found ${JSON.stringify(hop)}`,
+      );
+    }
+    return hop.map(parseGateway);
+  });
 }
 
 /**
- * Parses a target given as `HOST:PORT` (IPv6 in brackets) or `{ host, port }`.
- * IP literals are normalized (brackets removed, IPv6 canonical, IPv4-mapped
- * IPv6 unmapped); names are kept as given. Port 0 is refused unless
- * `allowPortZero` (a BIND request may not know the peer's port).
+ * Normalizes the `via` option into a non-empty list of gateways, one per
+ * hop. A hop with alternatives is refused: only {@linkcode parseHops} users
+ * (which open the connection themselves) can fail over.
+ *
+ * @example
+ * ```ts
+ * import { parseChain } from "./address.ts";
+ * parseChain(["socks5://[::1]:1080", "socks5h://192.0.2.7:1080"]).length; // 2
+ * ```
+ */
+export function parseChain(via: SocksVia | undefined): SocksGateway[] {
+  return parseHops(via).map((alternatives, i) => {
+    if (alternatives.length !== 1) {
+      throw new TypeError(
+        `via: expected one gateway for hop ${
+          i + 1
+        } here (a stream that is already open cannot fail over), found ${alternatives.length}: ${
+          alternatives.map((g) => g.display).join(", ")
+        }`,
+      );
+    }
+    return alternatives[0];
+  });
+}
+
+/**
+ * Parses a target given as `HOST:PORT` (IPv6 in brackets), as
+ * `{ hostname, port }` (the shape `Deno.connect` takes) or as
+ * `{ host, port }`. IP literals are normalized (brackets removed, IPv6
+ * canonical, IPv4-mapped IPv6 unmapped); names are kept as given. Port 0 is
+ * refused unless `allowPortZero` (a BIND request may not know the peer's
+ * port).
  *
  * @example
  * ```ts
  * import { parseTarget } from "./address.ts";
  * parseTarget("[2001:db8::10]:443"); // { host: "2001:db8::10", port: 443 }
+ * parseTarget({ hostname: "v4only.test", port: 80 }); // { host: "v4only.test", port: 80 }
  * parseTarget({ host: "v4only.test", port: 80 }); // { host: "v4only.test", port: 80 }
  * ```
  */
 export function parseTarget(
-  target: string | SocksTarget,
+  target: SocksTargetInit,
   options: { allowPortZero?: boolean } = {},
 ): SocksTarget {
   let host: string;
@@ -169,11 +236,25 @@ export function parseTarget(
     }
     ({ host, port } = hp);
   } else if (target && typeof target === "object") {
-    host = unbracket(String(target.host ?? ""));
-    port = target.port;
+    const t = target as Record<string, unknown>;
+    const value = t.hostname ?? t.host;
+    if (typeof value !== "string" || value === "") {
+      const keys = Object.keys(t);
+      throw new TypeError(
+        `target: expected a "hostname" (or "host") key with a name or an IP literal, found ${
+          value === undefined
+            ? keys.length ? `the keys ${keys.map((k) => `"${k}"`).join(", ")}` : "no keys"
+            : `${"hostname" in t ? "hostname" : "host"} = ${JSON.stringify(value)}`
+        }`,
+      );
+    }
+    host = unbracket(value);
+    port = t.port as number;
   } else {
     throw new TypeError(
-      `target: expected "host:port" or { host, port }, found ${typeof target}`,
+      `target: expected "host:port", { hostname, port } or { host, port }, found ${
+        target === null ? "null" : typeof target
+      }`,
     );
   }
   const min = options.allowPortZero ? 0 : 1;

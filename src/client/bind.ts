@@ -9,8 +9,9 @@
 import { decodeReply, type SocksReply } from "../protocol/codec.ts";
 import { Command, Reply } from "../protocol/constants.ts";
 import { UnexpectedEofError } from "../io/buffered_reader.ts";
-import { formatTarget, type SocksTarget } from "./address.ts";
-import { type ConnectOptions, open, SocksConn } from "./connect.ts";
+import { formatTarget, type SocksTargetInit } from "./address.ts";
+import { type ConnectOptions, SocksConn } from "./connect.ts";
+import { open } from "./dial.ts";
 import { SocksClosedError, SocksReplyError } from "./errors.ts";
 import { boundAddrOf, takeRest } from "./handshake.ts";
 
@@ -56,7 +57,7 @@ export interface SocksBinding extends Disposable {
  * ```
  */
 export async function bind(
-  peer: string | SocksTarget,
+  peer: SocksTargetInit,
   options: BindOptions,
 ): Promise<SocksBinding> {
   const opened = await open(peer, options, {

@@ -6,63 +6,16 @@
  * @module
  */
 
-import { BufferedReader } from "../io/buffered_reader.ts";
-import type { SocksReply } from "../protocol/codec.ts";
-import {
-  formatTarget,
-  parseChain,
-  parseTarget,
-  type SocksGateway,
-  type SocksTarget,
-} from "./address.ts";
-import {
-  GatewayUnreachableError,
-  SocksProtocolError,
-  SocksTimeoutError,
-  UnmappedFakeAddressError,
-} from "./errors.ts";
-import type { FakeDns } from "./fake_dns.ts";
-import {
-  boundAddrOf,
-  type HandshakeProgress,
-  negotiate,
-  type RequestSpec,
-  takeRest,
-} from "./handshake.ts";
+import { formatTarget, type SocksTarget, type SocksTargetInit } from "./address.ts";
+import { type DialOptions, open } from "./dial.ts";
+import { SocksProtocolError } from "./errors.ts";
+import { boundAddrOf, takeRest } from "./handshake.ts";
 
-// The originals, captured before `socksify` can replace them.
-const denoConnect = Deno.connect;
+// The original, captured before `socksify` can replace it.
 const denoStartTls = Deno.startTls;
 
-/** Options of {@linkcode connect}. */
-export interface ConnectOptions {
-  /**
-   * The gateway URL, or the chain of gateway URLs in traversal order:
-   * `socks5://[user:password@]host[:port]` (`socks5h://` is accepted and
-   * means the same: target names are always resolved by the gateway, never
-   * locally). IPv6 hosts go in brackets. The port defaults to 1080.
-   *
-   * @example
-   * ```ts
-   * const via = ["socks5://user:pass@[2001:db8::1]:1080", "socks5://192.0.2.7:1080"];
-   * ```
-   */
-  via: string | readonly string[];
-  /** Aborts the attempt (until the handshake is complete); rejects with the signal's reason. */
-  signal?: AbortSignal;
-  /**
-   * The deadline, in milliseconds, for reaching the first gateway and
-   * completing the handshake with the whole chain. None by default.
-   */
-  timeout?: number;
-  /**
-   * The mapping table of fake addresses: when the target host is one of its
-   * fake addresses, the mapped name is sent instead (and the entry is pinned
-   * for the life of the connection). An unmapped fake address fails with
-   * {@linkcode UnmappedFakeAddressError} before any connection is made.
-   */
-  fakeDns?: FakeDns;
-}
+/** Options of {@linkcode connect}: the gateway chain (with failover), `signal`, `timeout`, `fakeDns`. */
+export type ConnectOptions = DialOptions;
 
 /** Options of {@linkcode connectTls}: those of {@linkcode connect} plus TLS. */
 export interface ConnectTlsOptions extends ConnectOptions, StartTlsOptions {}
@@ -295,125 +248,6 @@ export class SocksConn implements Deno.TcpConn, SocksInfo {
   }
 }
 
-/** @internal A finished handshake on a raw connection. */
-export interface Opened {
-  conn: Deno.TcpConn;
-  reader: BufferedReader;
-  reply: SocksReply;
-  target: SocksTarget;
-  gateways: SocksGateway[];
-  release?: () => void;
-}
-
-/**
- * @internal Resolves the fake address, opens the first gateway, and runs
- * the handshake with the whole chain, honouring `signal` and `timeout`.
- */
-export async function open(
-  target: string | SocksTarget,
-  options: ConnectOptions,
-  spec?: RequestSpec,
-): Promise<Opened> {
-  const gateways = parseChain(options.via);
-  let t = parseTarget(target, { allowPortZero: spec?.allowPortZero });
-  const targetText = formatTarget(t);
-  const first = gateways[0];
-  options.signal?.throwIfAborted();
-  if (options.timeout !== undefined && !(options.timeout > 0)) {
-    throw new RangeError(
-      `timeout: expected a positive number of milliseconds, found ${options.timeout}`,
-    );
-  }
-
-  let release: (() => void) | undefined;
-  const fakeDns = options.fakeDns;
-  if (fakeDns?.isFake(t.host)) {
-    const name = fakeDns.reverse(t.host);
-    if (name === undefined) {
-      throw new UnmappedFakeAddressError(t.host, { gateway: first.display, target: targetText });
-    }
-    release = fakeDns.pin(t.host);
-    t = { host: name, port: t.port };
-  }
-
-  const controller = new AbortController();
-  const progress: HandshakeProgress = { hop: 0 };
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  let timedOut = false;
-  const onUserAbort = () => controller.abort(options.signal!.reason);
-  options.signal?.addEventListener("abort", onUserAbort, { once: true });
-  if (options.timeout !== undefined) {
-    timer = setTimeout(() => {
-      timedOut = true;
-      controller.abort();
-    }, options.timeout);
-  }
-  const abortError = (): unknown => {
-    if (!timedOut) return options.signal?.reason ?? controller.signal.reason;
-    const gw = gateways[progress.hop];
-    return new SocksTimeoutError(
-      `no complete SOCKS handshake within ${options.timeout} ms: gateway ${gw.display} (hop ${
-        progress.hop + 1
-      } of ${gateways.length}) had not answered for ${formatTarget(t)}`,
-      {
-        gateway: gw.display,
-        target: formatTarget(t),
-        hop: progress.hop,
-        timeout: options.timeout!,
-      },
-    );
-  };
-
-  let conn: Deno.TcpConn | undefined;
-  try {
-    try {
-      conn = await denoConnect({
-        hostname: first.host,
-        port: first.port,
-        signal: controller.signal,
-      });
-    } catch (err) {
-      if (controller.signal.aborted) throw abortError();
-      throw new GatewayUnreachableError(
-        `could not reach gateway ${first.display} (for ${formatTarget(t)}): ${
-          err instanceof Error ? err.message : String(err)
-        }`,
-        { gateway: first.display, target: formatTarget(t), cause: err },
-      );
-    }
-    const c = conn;
-    const onAbort = () => {
-      try {
-        c.close();
-      } catch {
-        // already closed
-      }
-    };
-    controller.signal.addEventListener("abort", onAbort, { once: true });
-    // An abort or timeout that landed while the connect was resolving fired
-    // before the listener was there: close now, or the handshake below could
-    // wait forever on a silent gateway and the socket would be left open.
-    if (controller.signal.aborted) onAbort();
-    const reader = new BufferedReader(c);
-    try {
-      const reply = await negotiate(c, reader, { gateways, target: t, spec }, progress);
-      if (controller.signal.aborted) throw abortError();
-      return { conn: c, reader, reply, target: t, gateways, release };
-    } catch (err) {
-      onAbort();
-      throw controller.signal.aborted ? abortError() : err;
-    } finally {
-      controller.signal.removeEventListener("abort", onAbort);
-    }
-  } catch (err) {
-    release?.();
-    throw err;
-  } finally {
-    clearTimeout(timer);
-    options.signal?.removeEventListener("abort", onUserAbort);
-  }
-}
-
 /**
  * Opens a TCP connection to `target` through the SOCKS5 gateway(s) of
  * `options.via` with CONNECT. Names are sent as ATYP DOMAINNAME and resolved
@@ -430,15 +264,17 @@ export async function open(
  * @example
  * ```ts ignore
  * import { connect } from "./connect.ts";
- * const conn = await connect("[2001:db8::10]:443", {
+ * // The shape Deno.connect takes; "[2001:db8::10]:443" and { host, port } work too.
+ * const conn = await connect({ hostname: "2001:db8::10", port: 443 }, {
  *   via: ["socks5://alice:secret@[2001:db8::1]:1080", "socks5://192.0.2.7:1080"],
  *   timeout: 10_000,
+ *   signal: AbortSignal.timeout(30_000),
  * });
  * conn.close();
  * ```
  */
 export async function connect(
-  target: string | SocksTarget,
+  target: SocksTargetInit,
   options: ConnectOptions,
 ): Promise<SocksConn> {
   const opened = await open(target, options);
@@ -513,7 +349,7 @@ function decorateTls(
  * ```
  */
 export async function connectTls(
-  target: string | SocksTarget,
+  target: SocksTargetInit,
   options: ConnectTlsOptions,
 ): Promise<SocksTlsConn> {
   const opened = await open(target, options);

@@ -269,3 +269,62 @@ export class FakeDnsExhaustedError extends Error {
     this.family = family;
   }
 }
+
+/** One failed try of {@linkcode AllGatewaysFailedError}. */
+export interface GatewayFailure {
+  /** The hop (0 for the first) whose gateway failed. */
+  hop: number;
+  /** That gateway, as `HOST:PORT`. */
+  gateway: string;
+  /** Why: a {@linkcode SocksError} (unreachable, timeout, closed, ...). */
+  error: unknown;
+}
+
+/**
+ * Every alternative of a hop failed (client failover): the message names
+ * each gateway tried and why, e.g. `no gateway could carry the connection to
+ * v4only.test:80: [::1]:1081 (hop 1): could not reach gateway ...;
+ * [::1]:1082 (hop 1): no complete SOCKS handshake within 500 ms ...`.
+ * `gateway` lists the gateways tried, comma-separated; `failures` has the
+ * detail.
+ *
+ * @example
+ * ```ts ignore
+ * import { AllGatewaysFailedError, connect } from "./mod.ts";
+ * try {
+ *   await connect("example.test:80", {
+ *     via: [["socks5://127.0.0.1:1081", "socks5://127.0.0.1:1082"]],
+ *     timeout: 2000,
+ *   });
+ * } catch (err) {
+ *   if (err instanceof AllGatewaysFailedError) {
+ *     for (const f of err.failures) console.error(f.gateway, String(f.error));
+ *   }
+ * }
+ * ```
+ */
+export class AllGatewaysFailedError extends SocksError {
+  /** Each gateway tried, in order, with its error. */
+  readonly failures: readonly GatewayFailure[];
+  /** Creates the error. */
+  constructor(failures: readonly GatewayFailure[], init: { target: string }) {
+    const last = failures[failures.length - 1];
+    super(
+      `no gateway could carry the connection to ${init.target}: ${
+        failures.map((f) =>
+          `${f.gateway} (hop ${f.hop + 1}): ${
+            f.error instanceof Error ? f.error.message : String(f.error)
+          }`
+        ).join("; ")
+      }`,
+      {
+        gateway: failures.map((f) => f.gateway).join(", "),
+        target: init.target,
+        hop: last?.hop ?? 0,
+        cause: last?.error,
+      },
+    );
+    this.name = "AllGatewaysFailedError";
+    this.failures = failures;
+  }
+}

@@ -8,7 +8,7 @@
  */
 
 import { splitHostPort } from "../protocol/address.ts";
-import { parseChain, parseTarget, type SocksTarget } from "./address.ts";
+import { parseHops, parseTarget, type SocksTargetInit, type SocksVia } from "./address.ts";
 import { connect } from "./connect.ts";
 import type { FakeDns } from "./fake_dns.ts";
 
@@ -16,10 +16,13 @@ import type { FakeDns } from "./fake_dns.ts";
 export interface ForwardOptions {
   /** Local addresses to listen on, as `HOST:PORT` (IPv6 bracketed; port 0 picks a free one). */
   listen: readonly string[];
-  /** The destination every connection is carried to, as `HOST:PORT` or `{ host, port }`. */
-  to: string | SocksTarget;
-  /** The gateway URL or chain, as for `connect`. */
-  via: string | readonly string[];
+  /**
+   * The destination every connection is carried to: `HOST:PORT`,
+   * `{ hostname, port }` or `{ host, port }`.
+   */
+  to: SocksTargetInit;
+  /** The gateway URL or chain, as for `connect` (hops may list alternatives). */
+  via: SocksVia;
   /** Shuts the forwarder down when aborted. */
   signal?: AbortSignal;
   /** The handshake deadline in milliseconds for each connection. */
@@ -49,7 +52,8 @@ const BUFFER_SIZE = 64 * 1024;
 /** How long the accept loop waits after an accept error before it tries again. */
 const ACCEPT_RETRY_MS = 50;
 
-interface Pipe {
+/** @internal A connection as the relay sees it. */
+export interface Pipe {
   read(p: Uint8Array): Promise<number | null>;
   write(p: Uint8Array): Promise<number>;
   closeWrite(): Promise<void>;
@@ -77,10 +81,11 @@ async function pump(src: Pipe, dst: Pipe): Promise<void> {
 }
 
 /**
- * Relays both ways with half-close (FIN is passed on as FIN), and closes
- * both connections at the end. A reset on either side ends both directions.
+ * @internal Relays both ways with half-close (FIN is passed on as FIN), and
+ * closes both connections at the end. A reset on either side ends both
+ * directions.
  */
-async function relay(a: Pipe, b: Pipe): Promise<void> {
+export async function relay(a: Pipe, b: Pipe): Promise<void> {
   const fail = () => {
     closeQuietly(a);
     closeQuietly(b);
@@ -111,7 +116,7 @@ async function relay(a: Pipe, b: Pipe): Promise<void> {
  */
 export function forward(options: ForwardOptions): Forwarder {
   const to = parseTarget(options.to);
-  parseChain(options.via);
+  parseHops(options.via);
   if (!options.listen || options.listen.length === 0) {
     throw new TypeError(`forward: expected at least one listen address, found none`);
   }

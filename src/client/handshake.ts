@@ -28,6 +28,7 @@ import {
   parseTarget,
   type SocksGateway,
   type SocksTarget,
+  type SocksTargetInit,
 } from "./address.ts";
 import {
   SocksAuthError,
@@ -229,7 +230,7 @@ function mapReadError(err: unknown, what: string, init: SocksErrorInit): unknown
  */
 export async function handshake(
   stream: HandshakeStream,
-  target: string | SocksTarget,
+  target: SocksTargetInit,
   options: HandshakeOptions,
 ): Promise<HandshakeResult> {
   const gateways = parseChain(options.via);

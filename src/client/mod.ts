@@ -24,8 +24,12 @@ export {
   parseGateway,
   parseTarget,
   type SocksGateway,
+  type SocksHop,
   type SocksTarget,
+  type SocksTargetInit,
+  type SocksVia,
 } from "./address.ts";
+export { DEFAULT_DOWN_FOR_MS, type DialOptions, gatewaysDown, resetGatewayHealth } from "./dial.ts";
 export {
   connect,
   type ConnectOptions,
@@ -39,7 +43,9 @@ export {
   type StartTlsOptions,
 } from "./connect.ts";
 export {
+  AllGatewaysFailedError,
   FakeDnsExhaustedError,
+  type GatewayFailure,
   GatewayUnreachableError,
   SocksAuthError,
   SocksClosedError,
@@ -64,6 +70,7 @@ export {
   type Socksified,
   socksify,
   type SocksifyOptions,
+  type SocksifyPart,
 } from "./socksify.ts";
 export { forward, type Forwarder, type ForwardOptions } from "./forward.ts";
 export { bind, type BindOptions, type SocksBinding } from "./bind.ts";

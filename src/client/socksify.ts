@@ -1,44 +1,77 @@
 /**
  * "Socksifying" the running process (RFC 3089 section 3): the Socks Lib
- * takes the place of `Deno.connect`, `Deno.connectTls`, `Deno.startTls` and
- * `Deno.resolveDns`, so that unmodified code reaches its destinations through
- * the gateway, with name resolution delegated to it through fake addresses.
- * Also `createHttpClient` for `fetch`, which does not go through
- * `Deno.connect`.
+ * takes the place of the process's socket and name-resolving APIs, so that
+ * unmodified code reaches its destinations through the gateway, with name
+ * resolution delegated to it through fake addresses:
+ *
+ * | part        | replaced                                                            |
+ * | ----------- | ------------------------------------------------------------------- |
+ * | `deno`      | `Deno.connect`, `Deno.connectTls`, `Deno.startTls`, `Deno.resolveDns` |
+ * | `fetch`     | the global `fetch` (a `Deno.HttpClient` through a local door)        |
+ * | `webSocket` | the global `WebSocket` (`ws://` and `wss://`, same door)             |
+ * | `nodeNet`   | `net.Socket.prototype.connect` (so `net.connect`, `node:http(s)`), `tls.connect` |
+ * | `nodeDns`   | `dns.lookup`, `resolve`, `resolve4`, `resolve6`, and `dns.promises`  |
+ *
+ * Also `createHttpClient` for a `fetch` client of one's own.
  *
  * @module
  */
 
 import { type Cidr, cidrContains, normalizeIp, parseCidr } from "../protocol/address.ts";
-import { parseChain, type SocksGateway } from "./address.ts";
+import { parseHops, type SocksGateway, type SocksVia } from "./address.ts";
 import { connect, connectTls, SocksConn, startTls, type StartTlsOptions } from "./connect.ts";
+import { type Door, openDoor } from "./door.ts";
 import { FakeDns } from "./fake_dns.ts";
+import { patchNodeDns } from "./node_dns.ts";
+import { patchNodeNet } from "./node_net.ts";
 
 /** Options of {@linkcode socksify}. */
 export interface SocksifyOptions {
-  /** The gateway URL or chain, as for `connect`. */
-  via: string | readonly string[];
+  /** The gateway URL or chain, as for `connect` (a hop may list alternatives). */
+  via: SocksVia;
   /** The mapping table; a new `FakeDns()` by default. */
   fakeDns?: FakeDns;
   /**
    * IP prefixes reached directly, without the gateway. Names always go
    * through the gateway (they are never resolved locally), except the first
-   * gateway's own `host:port`, which is always direct.
+   * hop's gateways' own `host:port`, which are always direct.
    *
    * @default {["127.0.0.0/8", "::1/128"]}
    */
   direct?: readonly string[];
   /** The handshake deadline in milliseconds for each proxied connect. */
   timeout?: number;
+  /** How long a failed gateway is tried last, as for `connect`. */
+  downFor?: number;
+  /** Replace `Deno.connect`, `connectTls`, `startTls` and `resolveDns`. @default {true} */
+  deno?: boolean;
+  /** Replace the global `fetch` (unless a call passes its own `client`). @default {true} */
+  fetch?: boolean;
+  /** Replace the global `WebSocket` (unless a call passes its own `client`). @default {true} */
+  webSocket?: boolean;
+  /** Replace `net.Socket.prototype.connect` and `tls.connect` of `node:net` / `node:tls`. @default {true} */
+  nodeNet?: boolean;
+  /** Replace the resolving functions of `node:dns` (and `dns.promises`). @default {true} */
+  nodeDns?: boolean;
+  /**
+   * Called when the fetch/WebSocket door could not carry a connection (the
+   * HTTP client then sees a failed proxy connect). Nothing by default.
+   */
+  onError?: (error: unknown) => void;
 }
 
 /** The handle returned by {@linkcode socksify}. */
 export interface Socksified extends Disposable {
   /** The mapping table in use. */
   readonly fakeDns: FakeDns;
-  /** Puts the original `Deno` functions back. Calling it again does nothing. */
+  /** The parts that were replaced, e.g. `["deno", "fetch", "webSocket", "nodeNet", "nodeDns"]`. */
+  readonly parts: readonly SocksifyPart[];
+  /** Puts every replaced function back. Calling it again does nothing. */
   restore(): void;
 }
+
+/** A switchable part of {@linkcode socksify}. */
+export type SocksifyPart = "deno" | "fetch" | "webSocket" | "nodeNet" | "nodeDns";
 
 type Patched = "connect" | "connectTls" | "startTls" | "resolveDns";
 type DenoFunctions = Record<Patched, unknown>;
@@ -46,24 +79,39 @@ type DenoFunctions = Record<Patched, unknown>;
 let active: Socksified | undefined;
 
 /**
- * Replaces `Deno.connect`, `Deno.connectTls`, `Deno.startTls` and
- * `Deno.resolveDns` for the whole process until `restore()`:
+ * Routes the whole process through the SOCKS gateway(s) until `restore()`.
+ * Every part is on by default and can be switched off
+ * (`{ fetch: false }`, ...):
  *
- * - `Deno.resolveDns(name, "A" | "AAAA")` answers one fake address of that
- *   family from the {@linkcode FakeDns} (no DNS query is made); other record
- *   types reject with `Deno.errors.NotSupported`.
- * - `Deno.connect` (TCP) to a fake address becomes a SOCKS CONNECT with the
+ * - **deno**: `Deno.resolveDns(name, "A" | "AAAA")` answers one fake address
+ *   of that family from the {@linkcode FakeDns} (no DNS query is made);
+ *   other record types reject with `Deno.errors.NotSupported`.
+ *   `Deno.connect` (TCP) to a fake address becomes a SOCKS CONNECT with the
  *   mapped name; to a name, a CONNECT with the name; to another IP literal,
  *   a CONNECT with it, unless it lies in `direct` (loopback by default) or
- *   is the gateway's own address, which are connected directly. Unix and
- *   vsock connects are untouched. The result is a {@linkcode SocksConn}.
- * - `Deno.connectTls` does the same and starts TLS with the name; client
- *   certificates cannot be used through a gateway (`Deno.startTls` has no
- *   such option) and reject with `Deno.errors.NotSupported`.
- * - `Deno.startTls` accepts the `SocksConn`s made this way.
+ *   is a first-hop gateway's own address, which are connected directly.
+ *   Unix and vsock connects are untouched. `Deno.connectTls` does the same
+ *   and starts TLS with the name (client certificates reject with
+ *   `Deno.errors.NotSupported`: `Deno.startTls` takes none);
+ *   `Deno.startTls` accepts the {@linkcode SocksConn}s made this way.
+ * - **fetch** and **webSocket**: calls without their own `client` get a
+ *   `Deno.HttpClient` whose `socks5h` proxy is a local door (127.0.0.1, a
+ *   random port and login) that carries each connection like `Deno.connect`
+ *   above: names are resolved by the gateway, chains and failover work, a
+ *   URL holding a fake address reaches its name. URLs whose host is in
+ *   `direct` are fetched without the door.
+ * - **nodeNet**: `net.connect`, `net.createConnection`,
+ *   `new net.Socket().connect()`, `tls.connect`, and so `node:http` /
+ *   `node:https` agents and npm packages built on them, connect through the
+ *   gateway with real `net.Socket` behaviour (see node_net.ts).
+ * - **nodeDns**: `dns.lookup`, `dns.resolve4`, `dns.resolve6`,
+ *   `dns.resolve` (A/AAAA) and their `dns.promises` forms answer fake
+ *   addresses of the asked family (IPv4 when none is asked).
  *
- * Not covered: `fetch` (use {@linkcode createHttpClient}), `node:net` and
- * `node:http`, and UDP. Only one socksify can be active at a time.
+ * Not covered: UDP (use `udpAssociate`), `Deno.listen` (use `bind`), and
+ * named imports such as `import { lookup } from "node:dns"` taken before
+ * socksify (they keep the original function). Only one socksify can be
+ * active at a time.
  *
  * @example
  * ```ts ignore
@@ -72,6 +120,8 @@ let active: Socksified | undefined;
  * const [addr] = await Deno.resolveDns("v4only.test", "AAAA"); // "100::1", a fake
  * const conn = await Deno.connect({ hostname: addr, port: 80 }); // CONNECT v4only.test:80
  * conn.close();
+ * const res = await fetch("http://v4only.test/"); // through the gateway too
+ * await res.body?.cancel();
  * ```
  */
 export function socksify(options: SocksifyOptions): Socksified {
@@ -80,8 +130,8 @@ export function socksify(options: SocksifyOptions): Socksified {
       "socksify: expected no active socksify, found one; call restore() on its handle first",
     );
   }
-  const gateways = parseChain(options.via);
-  const via = [...(typeof options.via === "string" ? [options.via] : options.via)];
+  const hops = parseHops(options.via);
+  const via = options.via;
   const fakeDns = options.fakeDns ?? new FakeDns();
   const direct = (options.direct ?? ["127.0.0.0/8", "::1/128"]).map((text) => {
     const cidr = parseCidr(text);
@@ -90,8 +140,9 @@ export function socksify(options: SocksifyOptions): Socksified {
     }
     return cidr;
   });
-  const isDirect = directTest(direct, gateways[0], fakeDns);
-  const timeout = options.timeout;
+  const isDirect = directTest(direct, hops[0], fakeDns);
+  const { timeout, downFor } = options;
+  const dialOptions = { via, fakeDns, timeout, downFor };
   const deno = Deno as unknown as DenoFunctions;
   const originals: DenoFunctions = {
     connect: deno.connect,
@@ -102,6 +153,8 @@ export function socksify(options: SocksifyOptions): Socksified {
   const origConnect = originals.connect as typeof Deno.connect;
   const origConnectTls = originals.connectTls as typeof Deno.connectTls;
   const origStartTls = originals.startTls as typeof Deno.startTls;
+  const parts: SocksifyPart[] = [];
+  const undo: (() => void)[] = [];
 
   const patched: DenoFunctions = {
     connect(opts: Deno.ConnectOptions | Deno.UnixConnectOptions | Deno.VsockConnectOptions) {
@@ -111,7 +164,7 @@ export function socksify(options: SocksifyOptions): Socksified {
       const o = opts as Deno.ConnectOptions;
       const hostname = o.hostname ?? "127.0.0.1";
       if (isDirect(hostname, o.port)) return origConnect(o);
-      return connect({ host: hostname, port: o.port }, { via, fakeDns, signal: o.signal, timeout });
+      return connect({ hostname, port: o.port }, { ...dialOptions, signal: o.signal });
     },
     connectTls(opts: Deno.ConnectTlsOptions & Partial<Deno.TlsCertifiedKeyPem>) {
       const hostname = opts.hostname ?? "127.0.0.1";
@@ -123,10 +176,8 @@ export function socksify(options: SocksifyOptions): Socksified {
           ),
         );
       }
-      return connectTls({ host: hostname, port: opts.port }, {
-        via,
-        fakeDns,
-        timeout,
+      return connectTls({ hostname, port: opts.port }, {
+        ...dialOptions,
         caCerts: opts.caCerts,
         alpnProtocols: opts.alpnProtocols,
         unsafelyDisableHostnameVerification: opts.unsafelyDisableHostnameVerification,
@@ -151,15 +202,65 @@ export function socksify(options: SocksifyOptions): Socksified {
       );
     },
   };
-  Object.assign(deno, patched);
+
+  try {
+    if (options.deno !== false) {
+      Object.assign(deno, patched);
+      undo.push(() => Object.assign(deno, originals));
+      parts.push("deno");
+    }
+    const wantFetch = options.fetch !== false;
+    const wantWebSocket = options.webSocket !== false && typeof globalThis.WebSocket === "function";
+    if (wantFetch || wantWebSocket) {
+      const door: Door = openDoor(
+        (t) =>
+          isDirect(t.host, t.port)
+            ? origConnect({ hostname: t.host, port: t.port })
+            : connect(t, dialOptions),
+        options.onError,
+      );
+      const client = Deno.createHttpClient({ proxy: { url: door.url } });
+      undo.push(() => {
+        client.close();
+        door.close();
+      });
+      const urlIsDirect = (url: string | URL): boolean => {
+        try {
+          const u = new URL(url);
+          const port = Number(u.port) || (/^(https|wss):$/.test(u.protocol) ? 443 : 80);
+          return isDirect(u.hostname.replace(/^\[|\]$/g, ""), port);
+        } catch {
+          return false; // let the original report the bad URL
+        }
+      };
+      if (wantFetch) undo.push(patchFetch(client, urlIsDirect)), parts.push("fetch");
+      if (wantWebSocket) undo.push(patchWebSocket(client, urlIsDirect)), parts.push("webSocket");
+    }
+    if (options.nodeNet !== false) {
+      undo.push(patchNodeNet({
+        isDirect,
+        fakeDns,
+        dial: (t, signal) => connect(t, { ...dialOptions, signal }),
+      }));
+      parts.push("nodeNet");
+    }
+    if (options.nodeDns !== false) {
+      undo.push(patchNodeDns(fakeDns));
+      parts.push("nodeDns");
+    }
+  } catch (err) {
+    for (const f of undo.reverse()) f();
+    throw err;
+  }
 
   let restored = false;
   const handle: Socksified = {
     fakeDns,
+    parts,
     restore() {
       if (restored) return;
       restored = true;
-      Object.assign(deno, originals);
+      for (const f of [...undo].reverse()) f();
       if (active === handle) active = undefined;
     },
     [Symbol.dispose]() {
@@ -170,17 +271,61 @@ export function socksify(options: SocksifyOptions): Socksified {
   return handle;
 }
 
+/** Replaces the global `fetch`; returns the function that puts it back. */
+function patchFetch(client: Deno.HttpClient, urlIsDirect: (url: string) => boolean): () => void {
+  const original = globalThis.fetch;
+  globalThis.fetch = function fetch(input: RequestInfo | URL, init?: RequestInit) {
+    const own = (init as { client?: Deno.HttpClient } | undefined)?.client;
+    const url = input instanceof Request ? input.url : String(input);
+    if (own !== undefined || urlIsDirect(url)) return original(input, init);
+    return original(input, { ...init, client } as RequestInit);
+  };
+  return () => {
+    globalThis.fetch = original;
+  };
+}
+
+/** Replaces the global `WebSocket` by a subclass; returns the function that puts it back. */
+function patchWebSocket(
+  client: Deno.HttpClient,
+  urlIsDirect: (url: string) => boolean,
+): () => void {
+  const Original = globalThis.WebSocket;
+  type Init = string | string[] | { protocols?: string | string[]; client?: Deno.HttpClient };
+  const init = (url: string | URL, protocols?: Init): Init | undefined => {
+    const opts = typeof protocols === "object" && !Array.isArray(protocols)
+      ? protocols
+      : protocols === undefined
+      ? {}
+      : { protocols };
+    if (opts.client !== undefined || urlIsDirect(String(url))) return protocols;
+    return { ...opts, client };
+  };
+  class WebSocket extends Original {
+    constructor(url: string | URL, protocols?: Init) {
+      super(url, init(url, protocols) as string[]);
+    }
+  }
+  globalThis.WebSocket = WebSocket;
+  return () => {
+    globalThis.WebSocket = Original;
+  };
+}
+
 function directTest(
   direct: Cidr[],
-  gateway: SocksGateway,
+  gateways: SocksGateway[],
   fakeDns: FakeDns,
 ): (hostname: string, port: number) => boolean {
-  const gwIp = normalizeIp(gateway.host);
-  const gwName = gwIp ? undefined : gateway.host.toLowerCase();
+  const own = gateways.map((gw) => {
+    const ip = normalizeIp(gw.host);
+    return { port: gw.port, ip: ip?.host, name: ip ? undefined : gw.host.toLowerCase() };
+  });
   return (hostname, port) => {
     const ip = normalizeIp(hostname);
-    const isGateway = port === gateway.port &&
-      (ip ? gwIp?.host === ip.host : hostname.toLowerCase() === gwName);
+    const isGateway = own.some((gw) =>
+      port === gw.port && (ip ? gw.ip === ip.host : hostname.toLowerCase() === gw.name)
+    );
     if (isGateway) return true;
     if (!ip || fakeDns.isFake(ip.host)) return false;
     return direct.some((cidr) => cidrContains(cidr, ip.host));
@@ -194,14 +339,14 @@ export interface SocksHttpClientOptions extends Omit<Deno.CreateHttpClientOption
    * Its host must be an IPv4 address or a name: Deno 2.9's fetch fails with
    * a bracketed IPv6 proxy address.
    */
-  via: string | readonly string[];
+  via: SocksVia;
 }
 
 /**
  * A `Deno.HttpClient` whose `fetch` requests go through one SOCKS5 gateway,
- * with names resolved by the gateway (`socks5h`). `fetch` does not use
- * `Deno.connect`, so {@linkcode socksify} does not cover it; pass this
- * client instead.
+ * with names resolved by the gateway (`socks5h`). For a client of one's own
+ * (custom TLS settings, one gateway); {@linkcode socksify} covers the
+ * global `fetch` without it.
  *
  * Limits of Deno's fetch proxy: one gateway only (no chain), and the
  * gateway's address must not be an IPv6 literal (Deno 2.9 fails on
@@ -216,7 +361,7 @@ export interface SocksHttpClientOptions extends Omit<Deno.CreateHttpClientOption
  * ```
  */
 export function createHttpClient(options: SocksHttpClientOptions): Deno.HttpClient {
-  const gateways = parseChain(options.via);
+  const gateways = parseHops(options.via).flat();
   if (gateways.length !== 1) {
     throw new TypeError(
       `createHttpClient: expected one gateway (Deno's fetch proxy cannot chain), found ${gateways.length}; ` +

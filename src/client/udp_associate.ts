@@ -20,8 +20,15 @@ import {
   toSocksAddress,
 } from "../protocol/codec.ts";
 import { Command } from "../protocol/constants.ts";
-import { formatTarget, parseChain, parseTarget, type SocksTarget } from "./address.ts";
-import { type ConnectOptions, open } from "./connect.ts";
+import {
+  formatTarget,
+  parseHops,
+  parseTarget,
+  type SocksTarget,
+  type SocksTargetInit,
+} from "./address.ts";
+import type { ConnectOptions } from "./connect.ts";
+import { open } from "./dial.ts";
 import { SocksClosedError, UnmappedFakeAddressError } from "./errors.ts";
 import { boundAddrOf } from "./handshake.ts";
 
@@ -61,7 +68,7 @@ export interface SocksUdpAssociation extends AsyncDisposable {
    * DOMAINNAME (resolved by the gateway); a fake address of
    * `options.fakeDns` is replaced by its name.
    */
-  send(data: Uint8Array, to: string | SocksTarget): Promise<void>;
+  send(data: Uint8Array, to: SocksTargetInit): Promise<void>;
   /** The next datagram; rejects once the association has ended. */
   receive(options?: { signal?: AbortSignal }): Promise<SocksDatagram>;
   /** Iterates over received datagrams until the association ends. */
@@ -91,8 +98,8 @@ export async function udpAssociate(options: UdpAssociateOptions): Promise<SocksU
   const { fakeDns, ...controlOptions } = options;
   // "Any port of my address", in the family the last gateway is reached in
   // (Dante answers reply 8 to 0.0.0.0 over an IPv6 connection).
-  const chain = parseChain(options.via);
-  const lastFamily = normalizeIp(chain[chain.length - 1].host)?.family ?? 4;
+  const hops = parseHops(options.via);
+  const lastFamily = normalizeIp(hops[hops.length - 1][0].host)?.family ?? 4;
   const any = lastFamily === 6 ? "::" : "0.0.0.0";
   const opened = await open({ host: any, port: 0 }, controlOptions, {
     command: Command.UDP_ASSOCIATE,
