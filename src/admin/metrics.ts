@@ -234,6 +234,7 @@ export const METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
  * | `dualsocks_connect_duration_seconds` | histogram | |
  * | `dualsocks_replies_total` | counter | `code`, `reply` |
  * | `dualsocks_auth_failures_total` | counter | |
+ * | `dualsocks_proxy_headers_total` | counter | `result` (accepted, rejected) |
  * | `dualsocks_rule_denials_total` | counter | |
  * | `dualsocks_dns_lookups_total`, `dualsocks_dns_failures_total` | counter | |
  * | `dualsocks_udp_datagrams_total` | counter | `direction` (from_client, to_client) |
@@ -360,6 +361,14 @@ export function renderMetrics(gateway: Gateway): string {
     "Failed RFC 1929 logins.",
     snap.authFailures,
   );
+  out.family(
+    "dualsocks_proxy_headers_total",
+    "counter",
+    "PROXY protocol headers applied, and connections closed over one (malformed, missing, untrusted).",
+  );
+  for (const result of ["accepted", "rejected"] as const) {
+    out.sample("dualsocks_proxy_headers_total", st.proxyHeaders[result], { result });
+  }
   out.single(
     "dualsocks_rule_denials_total",
     "counter",

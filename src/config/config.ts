@@ -128,6 +128,8 @@ export interface Config {
     portRange?: [number, number];
     nameCacheTtl: number;
   };
+  /** The PROXY protocol from these balancers (CIDRs); absent = off. */
+  proxyProtocol?: { trusted: string[] };
 }
 
 function deepFreeze<T>(value: T): T {
@@ -833,6 +835,10 @@ const CONFIG: Check = mapping({
       name_cache_ttl: ["nameCacheTtl", duration(false)],
     }),
   ],
+  proxy_protocol: [
+    "proxyProtocol",
+    mapping({ trusted: ["trusted", ruleList("from"), "required"] }),
+  ],
 });
 
 /**
@@ -1051,6 +1057,9 @@ export function configDocument(config: Config): ConfigDocument {
       ...(config.udp.portRange ? { port_range: config.udp.portRange.join("-") } : {}),
       name_cache_ttl: formatDuration(config.udp.nameCacheTtl),
     },
+    ...(config.proxyProtocol
+      ? { proxy_protocol: { trusted: [...config.proxyProtocol.trusted] } }
+      : {}),
   };
 }
 
@@ -1094,4 +1103,6 @@ export interface ConfigDocument {
   bind: { accept_timeout: string; strict_peer: boolean };
   /** UDP ASSOCIATE settings. */
   udp: { advertise: { ipv4?: string; ipv6?: string }; port_range?: string; name_cache_ttl: string };
+  /** PROXY protocol settings, when on. */
+  proxy_protocol?: { trusted: string[] };
 }

@@ -34,5 +34,6 @@ export function optionsFromConfig(config: Config): ServeOptions {
     routes: config.routes,
     bind: config.bind,
     udp: config.udp,
+    proxyProtocol: config.proxyProtocol,
   };
 }

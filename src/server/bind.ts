@@ -6,7 +6,14 @@
  * @module
  */
 
-import { type Family, joinHostPort, normalizeIp } from "../protocol/address.ts";
+import {
+  cidrContains,
+  type Family,
+  isLoopbackIp,
+  joinHostPort,
+  normalizeIp,
+  parseCidr,
+} from "../protocol/address.ts";
 import { encodeReply, toSocksAddress } from "../protocol/codec.ts";
 import { Reply } from "../protocol/constants.ts";
 import type { RelayConn } from "./dialer.ts";
@@ -124,21 +131,83 @@ export interface BindPlace {
  * listens on an IPv4 address. The address is, in order: the gateway's
  * address on a live relay to that peer (what the peer already talks to, the
  * FTP case), the configured outbound address of that family, the address the
- * client used if it is of that family. Anything else is a clear failure.
+ * client used if it is of that family, and else the address this host would
+ * use toward the peer ({@linkcode routeLocalAddress}: a BIND across
+ * families with no `outbound` configured). Anything else is a clear failure.
  */
 export function bindListen(place: BindPlace): Deno.TcpListener {
   const family = place.peer.family;
   const host = place.towardPeer ??
     (family === 4 ? place.outbound.ipv4 : place.outbound.ipv6) ??
-    (place.controlLocal.family === family ? place.controlLocal.host : undefined);
+    (place.controlLocal.family === family ? place.controlLocal.host : undefined) ??
+    routeLocalAddress(place.peer);
   if (!host) {
     throw new GatewayError(
       Reply.GENERAL_FAILURE,
       `BIND: expected an IPv${family} address to listen on for peer ${place.peer.address}; ` +
-        `found none (no relay to that peer, no outbound.ipv${family} configured)`,
+        `found none (no relay to that peer, no outbound.ipv${family} configured, ` +
+        (interfacesReadable()
+          ? `no IPv${family} address on this host's interfaces)`
+          : "and the interfaces cannot be listed without --allow-sys=networkInterfaces)"),
     );
   }
   return Deno.listen({ hostname: host, port: 0, transport: "tcp" });
+}
+
+function interfacesReadable(): boolean {
+  return Deno.permissions.querySync({ name: "sys", kind: "networkInterfaces" }).state ===
+    "granted";
+}
+
+/**
+ * The local address this host would use to reach `peer`, as far as it can
+ * be known without sending anything: the loopback address of the family for
+ * a loopback peer (what the kernel picks); otherwise, from the interface
+ * table (which needs `--allow-sys=networkInterfaces`, else `undefined`), the
+ * peer itself when it is ours, the address of the interface whose prefix
+ * holds the peer (longest first: the on-link route), or the first global
+ * address of the family (the default route's usual source). An unspecified
+ * peer (`0.0.0.0`, `::`) gets that global address, or loopback. Link-local
+ * addresses are never chosen (they need a zone). The kernel's exact choice
+ * would be a connected UDP socket's local address, but Deno has no connected
+ * UDP socket: node:dgram's `connect()` under Deno leaves the socket bound to
+ * the wildcard address.
+ *
+ * @example
+ * ```ts
+ * import { routeLocalAddress } from "./bind.ts";
+ * routeLocalAddress({ address: "::1", family: 6 }); // "::1"
+ * ```
+ */
+export function routeLocalAddress(peer: ResolvedAddress): string | undefined {
+  const ip = normalizeIp(peer.address);
+  if (!ip) return undefined;
+  const loopback = ip.family === 4 ? "127.0.0.1" : "::1";
+  if (isLoopbackIp(ip)) return loopback;
+  let interfaces: Deno.NetworkInterfaceInfo[] = [];
+  if (interfacesReadable()) {
+    try {
+      interfaces = Deno.networkInterfaces();
+    } catch { /* no interface table: no choice */ }
+  }
+  let onLink: { host: string; prefix: number } | undefined;
+  let global: string | undefined;
+  for (const i of interfaces) {
+    const own = normalizeIp(i.address);
+    const cidr = parseCidr(i.cidr);
+    if (!own || own.family !== ip.family || isLoopbackIp(own) || isLinkLocal(own.host)) continue;
+    if (own.host === ip.host) return own.host;
+    if (cidr && cidrContains(cidr, ip.host) && cidr.prefix > (onLink?.prefix ?? -1)) {
+      onLink = { host: own.host, prefix: cidr.prefix };
+    }
+    global ??= own.host;
+  }
+  if (isUnspecified(ip.host)) return global ?? loopback;
+  return onLink?.host ?? global;
+}
+
+function isLinkLocal(host: string): boolean {
+  return /^fe[89ab][0-9a-f]:/i.test(host) || host.startsWith("169.254.");
 }
 
 function isUnspecified(host: string): boolean {

@@ -14,6 +14,8 @@ import { Reply } from "../protocol/constants.ts";
 import type { CommandCall } from "./commands.ts";
 import { describeError, replyFor } from "./errors.ts";
 import { httpDoor } from "./http_proxy.ts";
+import { applyProxyHeader } from "./proxy_header.ts";
+import { socks4Door } from "./socks4.ts";
 import { socks5Door } from "./socks5.ts";
 import {
   end,
@@ -49,6 +51,7 @@ export type Door = (call: DoorCall) => Promise<Started>;
 /** The front doors by protocol. */
 export const DOORS: Partial<Record<Protocol, Door>> = {
   socks5: socks5Door,
+  socks4: socks4Door,
   http: httpDoor,
 };
 
@@ -91,6 +94,7 @@ export async function runSession(
   const call: DoorCall = { conn, reader: new BufferedReader(conn), s, ctx };
   let started: Started;
   try {
+    if (ctx.proxyProtocol && !(await applyProxyHeader(call.reader, s, ctx))) return end(s);
     const first = await call.reader.decode(peekByte, "first byte");
     const protocol = sniff(first);
     const door = protocol && protocols.has(protocol) ? DOORS[protocol] : undefined;

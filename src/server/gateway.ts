@@ -35,6 +35,7 @@ import {
   type SessionContext,
 } from "./session.ts";
 import { runSession } from "./front_door.ts";
+import { compileProxyProtocol } from "./proxy_header.ts";
 import { formatAddr, type ListenAddress, Listeners, type Listening } from "./listener.ts";
 
 export { type ListenAddress, ListenError } from "./listener.ts";
@@ -93,6 +94,12 @@ export interface ServeOptions {
   bind?: BindServerOptions;
   /** UDP ASSOCIATE: advertised address, relay port range, name cache. */
   udp?: UdpServerOptions;
+  /**
+   * The PROXY protocol (v1 and v2) from these balancers: their connections
+   * must start with a header, whose source becomes the client. Others are
+   * served as usual, and closed if they send a header. Default off.
+   */
+  proxyProtocol?: { trusted: readonly string[] };
   /** Maximum concurrent sessions; further clients are closed at once. Default 1024. */
   maxSessions?: number;
   /**
@@ -230,6 +237,7 @@ function settingsFrom(options: ServeOptions, shared: Shared): Settings {
     outbound: options.outbound ?? {},
     bind: options.bind,
     udp: options.udp,
+    proxyProtocol: compileProxyProtocol(options.proxyProtocol),
     routes: typeof options.routes === "function"
       ? options.routes
       : options.routes?.length

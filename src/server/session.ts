@@ -20,6 +20,7 @@ import { ConnectTimeoutError, describeError, GatewayError, ResolveError } from "
 import { relay, type RelayStats } from "./relay.ts";
 import type { BindServerOptions } from "./bind.ts";
 import type { UdpServerOptions } from "./udp.ts";
+import type { ProxyProtocolPolicy } from "./proxy_header.ts";
 import { connectVia, describeChain, type RouteTable } from "./routes.ts";
 import { type CommandName, type GatewayStats, observe } from "./stats.ts";
 import {
@@ -80,15 +81,18 @@ export interface SessionContext {
   localAddressToward?: (peer: string) => string | undefined;
   /** Called once the session has sent its (first) success reply. */
   handshakeDone?: (id: number) => void;
+  /** The PROXY protocol: whose headers are read before the first protocol byte. */
+  proxyProtocol?: ProxyProtocolPolicy;
 }
 
 /** The state of one session, readable while it runs. */
 export class Session implements RelayStats, Slotted {
   readonly id: number;
-  readonly client: Deno.NetAddr;
-  readonly clientFamily: Family;
+  /** The client: the socket's peer, or the source of a trusted PROXY header ({@linkcode setClient}). */
+  client!: Deno.NetAddr;
+  clientFamily!: Family;
   /** The client is on this host's loopback. */
-  readonly clientLoopback: boolean;
+  clientLoopback!: boolean;
   readonly startedAt = Date.now();
   /** Position in the gateway's set of live sessions (see `live_set.ts`). */
   slot = -1;
@@ -132,12 +136,16 @@ export class Session implements RelayStats, Slotted {
 
   constructor(id: number, conn: Deno.Conn) {
     this.id = id;
-    const addr = conn.remoteAddr as Deno.NetAddr;
+    this.setClient(conn.remoteAddr as Deno.NetAddr);
+    this.#conns.push(conn);
+  }
+
+  /** Makes `addr` the session's client (a PROXY header's source), normalized. */
+  setClient(addr: { hostname: string; port: number }): void {
     const ip = normalizeIp(addr.hostname);
-    this.client = { ...addr, hostname: ip?.host ?? addr.hostname };
+    this.client = { transport: "tcp", hostname: ip?.host ?? addr.hostname, port: addr.port };
     this.clientFamily = ip?.family ?? 4;
     this.clientLoopback = ip !== null && isLoopbackIp(ip);
-    this.#conns.push(conn);
   }
 
   /** Aborted when the session ends (created on first use: most sessions never need it). */

@@ -84,6 +84,8 @@ export interface GatewayStats {
   replies: Record<number, number>;
   /** Failed RFC 1929 logins. */
   authFailures: number;
+  /** PROXY protocol headers applied, and connections closed over one (bad, missing, untrusted). */
+  proxyHeaders: { accepted: number; rejected: number };
   /** Requests denied by the rules. */
   ruleDenials: number;
   /** Name lookups made by the gateway. */
@@ -116,6 +118,7 @@ export function newStats(): GatewayStats {
     },
     replies: {},
     authFailures: 0,
+    proxyHeaders: { accepted: 0, rejected: 0 },
     ruleDenials: 0,
     dnsLookups: 0,
     dnsFailures: 0,
