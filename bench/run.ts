@@ -1,10 +1,13 @@
 /**
- * dualsocks benchmark: direct vs Dante vs microsocks vs dualsocks on
- * loopback. Throughput (iperf3 via proxychains4), new sessions per second
- * with handshake latency (bench/loadgen.c), and memory per idle relay.
+ * dualsocks benchmark: direct vs Dante vs microsocks vs the floor relay vs
+ * dualsocks at its defaults (info logging, admin API on) and with
+ * `--log-level error`, on loopback. Throughput (iperf3 via proxychains4),
+ * new sessions per second with handshake latency (bench/loadgen.c), memory
+ * per idle relay from a fresh process, and the relay's bandwidth-limit cost
+ * (bench/bandwidth.ts).
  *
  * ```sh
- * deno run -A bench/run.ts                 # 3 rounds, ~7 minutes
+ * deno run -A bench/run.ts                 # 3 rounds, ~11 minutes
  * deno run -A bench/run.ts --quick         # 1 short round, smoke test
  * deno run -A bench/run.ts --only dante,dualsocks --rounds 5
  * deno run -A bench/run.ts --profile       # + CPU profile of dualsocks
@@ -39,12 +42,24 @@ import { type CpuProfile, Inspector, profileTotals, selfTimes } from "./profile.
 const BENCH = new URL(".", import.meta.url).pathname.replace(/\/$/, "");
 const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 const NOFILE = 20000;
-/** Two fds per relay: below the fd limit, above the 8000 held relays. */
-const DUALSOCKS_MAX_SESSIONS = 9900;
-const ALL = ["direct", "dante", "microsocks", "dualsocks", "floor"] as const;
-/** What runs without `--only`: "floor" (bench/floor_relay.ts) is asked for by name. */
-const DEFAULT_ONLY: readonly Name[] = ["direct", "dante", "microsocks", "dualsocks"];
+const ALL = [
+  "direct",
+  "dante",
+  "microsocks",
+  "floor",
+  "dualsocks",
+  "dualsocks-quiet",
+  "bandwidth",
+] as const;
+/** What runs without `--only`: everything. */
+const DEFAULT_ONLY: readonly Name[] = ALL;
 type Name = typeof ALL[number];
+/** Names that are not a proxy: "bandwidth" is the in-process relay case (bench/bandwidth.ts). */
+const NOT_PROXIES: readonly Name[] = ["bandwidth"];
+/** dualsocks at its defaults, and with --log-level error. */
+const DUALSOCKS: readonly Name[] = ["dualsocks", "dualsocks-quiet"];
+/** Logging does not change bytes moved: throughput runs once, at the defaults. */
+const NO_THROUGHPUT: readonly Name[] = ["dualsocks-quiet"];
 
 // ------------------------------------------------------------- options --
 
@@ -52,15 +67,19 @@ const HELP = `usage: deno run -A bench/run.ts [options]
 
   --rounds N           rounds (default 3); every round restarts the proxies
   --quick              1 round, 1 s iperf3 runs, 1.5 s session runs, 2000 relays
-  --only a,b,...       subset of: ${ALL.join(",")} (default: all but floor,
-                       the feature-less Deno relay in bench/floor_relay.ts)
+  --only a,b,...       subset of: ${ALL.join(",")} (default: all;
+                       floor is the feature-less Deno relay in bench/floor_relay.ts,
+                       dualsocks runs at its defaults, dualsocks-quiet with
+                       --log-level error, bandwidth is bench/bandwidth.ts)
   --iperf-seconds S    iperf3 -t (default 3)
-  --session-seconds S  measurement time per sessions/s run (default 5)
-  --hold N             idle relays for the memory test (default 8000)
+  --session-seconds S  measurement time per sessions/s run (default 3)
+  --hold N,M,...       idle relays for the memory test, each counted from a
+                       freshly started proxy (default 2000,8000)
   --close sink|client  who closes a loadgen session first (default sink)
   --profile            afterwards, CPU-profile dualsocks under the 256-client
                        sessions load (V8 inspector) -> results/*.cpuprofile
-  --deno-flags "..."   permissions for dualsocks (default "--allow-net")
+  --deno-flags "..."   deno run flags for dualsocks (default: those of the
+                       start task in deno.json, as users run it)
   --out DIR            results directory (default bench/results)
   -h, --help
 `;
@@ -72,11 +91,12 @@ interface Options {
   iperfSeconds: number;
   sessionSeconds: number;
   warmup: number;
-  hold: number;
+  hold: number[];
   holdConcurrency: number;
   close: "sink" | "client";
   profile: boolean;
-  denoFlags: string[];
+  /** `--deno-flags`; by default those of `deno task start`. */
+  denoFlags?: string[];
   outDir: string;
 }
 
@@ -129,15 +149,15 @@ function parseOptions(args: string[]): Options {
     iperfSeconds: Math.round(
       num(values["iperf-seconds"], quick ? 1 : 3, 1, 30),
     ),
-    sessionSeconds: num(values["session-seconds"], quick ? 1.5 : 5, 0.5, 60),
+    sessionSeconds: num(values["session-seconds"], quick ? 1.5 : 3, 0.5, 60),
     warmup: quick ? 0.3 : 0.5,
-    hold: Math.round(num(values.hold, quick ? 2000 : 8000, 1, 9000)),
+    hold: (values.hold ?? (quick ? "2000" : "2000,8000")).split(",").map((v) =>
+      Math.round(num(v.trim(), 0, 1, 9000))
+    ),
     holdConcurrency: 256,
     close,
     profile: values.profile ?? false,
-    denoFlags: (values["deno-flags"] ?? "--allow-net").split(/\s+/).filter(
-      Boolean,
-    ),
+    denoFlags: values["deno-flags"]?.split(/\s+/).filter(Boolean),
     outDir: values.out ?? `${BENCH}/results`,
   };
 }
@@ -256,6 +276,20 @@ async function machineInfo(tools: Record<string, string>) {
 
 // ------------------------------------------------------------- proxies --
 
+/**
+ * The flags `deno task start` gives `deno run` (deno.json: "deno run FLAGS
+ * main.ts"), so that dualsocks runs here as users run it.
+ */
+function startTaskFlags(): string[] {
+  const json = JSON.parse(Deno.readTextFileSync(`${ROOT}/deno.json`));
+  const task: string = json.tasks?.start ?? "";
+  const m = task.match(/^deno run (.*?)\s*main\.ts\b/);
+  if (!m) {
+    throw new Error(`deno.json tasks.start: expected "deno run FLAGS main.ts", found "${task}"`);
+  }
+  return m[1].split(/\s+/).filter(Boolean);
+}
+
 interface Running {
   name: Name;
   port: number;
@@ -359,31 +393,20 @@ socks pass {
       String(port),
     ]);
   } else {
-    // Dante and microsocks have no session limit below the fd limit; lift
-    // dualsocks' default limits.max_sessions (1024) the same way.
-    const conf = `${tmp}/dualsocks-${port}.yaml`;
-    Deno.writeTextFileSync(
-      conf,
-      `# generated by bench/run.ts
-limits:
-  max_sessions: ${DUALSOCKS_MAX_SESSIONS}
-log:
-  level: error
-`,
-    );
+    // At its defaults (default config, info logging to stderr, the admin API
+    // on, on a free port since two run side by side); "dualsocks-quiet" adds
+    // --log-level error, as operators who do not want a line per session run it.
     cwd = ROOT;
     [cmd, args] = wrapped(Deno.execPath(), [
       "run",
-      ...opts.denoFlags,
-      `--allow-read=${conf}`,
+      ...(opts.denoFlags ?? startTaskFlags()),
       ...extraDenoFlags,
       "main.ts",
-      "--config",
-      conf,
       "--listen",
       `127.0.0.1:${port}`,
-      "--log-level",
-      "error",
+      "--admin",
+      `127.0.0.1:${freePort()}`,
+      ...(name === "dualsocks-quiet" ? ["--log-level", "error"] : []),
     ]);
   }
   r.m = spawnManaged(name, cmd, args, { env, cwd });
@@ -628,6 +651,37 @@ async function sessionsTest(
   return j;
 }
 
+/** bench/bandwidth.ts in a child process: the relay with and without the feature. */
+async function bandwidthTest(round: number, opts: Options): Promise<void> {
+  const args = ["run", "-A", `${BENCH}/bandwidth.ts`, "--reps", opts.quick ? "1" : "3"];
+  if (opts.quick) args.push("--mib", "64");
+  const r = await run("bandwidth", Deno.execPath(), args, 120000, { cwd: ROOT });
+  let j;
+  try {
+    j = JSON.parse(r.stdout.trim().split("\n").pop() ?? "");
+  } catch {
+    recordError(
+      round,
+      "bandwidth",
+      "bandwidth",
+      `bench/bandwidth.ts exit ${r.code}: ${(r.stderr || r.stdout).trim().slice(0, 500)}`,
+    );
+    return;
+  }
+  results.raw.push({ round, proxy: "bandwidth", test: "bandwidth", data: j });
+  record("bw_before_gbps", "bandwidth", j.before_gbps);
+  record("bw_now_gbps", "bandwidth", j.now_gbps);
+  record("bw_never_dry_gbps", "bandwidth", j.never_dry_gbps);
+  record("bw_limited_ratio", "bandwidth", j.limited_bps / j.limit_bps);
+  console.log(
+    `  r${round} bandwidth    unlimited ${j.before_gbps.toFixed(1)} (before) ${
+      j.now_gbps.toFixed(1)
+    } (now) ${j.never_dry_gbps.toFixed(1)} (bucket never dry) Gbit/s; limited ${
+      (j.limited_bps / j.limit_bps).toFixed(3)
+    } x configured`,
+  );
+}
+
 function mib(kib: number): number {
   return kib / 1024;
 }
@@ -638,12 +692,13 @@ async function holdTest(
   idle: MemSample,
   loadgen: string,
   opts: Options,
+  hold: number,
 ): Promise<void> {
   const holdMax = 90;
   const m = spawnManaged("loadgen-hold", loadgen, [
     ...loadgenTarget(p),
     "--hold",
-    String(opts.hold),
+    String(hold),
     "--concurrency",
     String(opts.holdConcurrency),
     "--timeout",
@@ -672,34 +727,34 @@ async function holdTest(
     results.raw.push({
       round,
       proxy: p.name,
-      test: "hold",
+      test: `hold_${hold}`,
       data: { hold: h, release: rel, idle, held, after },
     });
-    record("hold_setup_s", p.name, h.setup_s);
-    record("mem_held_rss", p.name, mib(held.rssKiB));
-    record("mem_held_pss", p.name, mib(held.pssKiB));
-    record("mem_released_rss", p.name, mib(after.rssKiB));
-    record("fds_held", p.name, held.fds);
-    record("fds_released", p.name, after.fds);
+    record(`hold_setup_s_${hold}`, p.name, h.setup_s);
+    record(`mem_held_rss_${hold}`, p.name, mib(held.rssKiB));
+    record(`mem_held_pss_${hold}`, p.name, mib(held.pssKiB));
+    record(`mem_released_rss_${hold}`, p.name, mib(after.rssKiB));
+    record(`fds_held_${hold}`, p.name, held.fds);
+    record(`fds_released_${hold}`, p.name, after.fds);
     if (n > 0) {
-      record("relay_kib_rss", p.name, delta / n);
-      record("relay_kib_pss", p.name, deltaPss / n);
+      record(`relay_kib_rss_${hold}`, p.name, delta / n);
+      record(`relay_kib_pss_${hold}`, p.name, deltaPss / n);
     }
     const nerr = (h.errors?.total ?? 0) + (h.dropped ?? 0) +
       (rel?.dropped ?? 0);
-    record("hold_errors", p.name, nerr);
-    if (nerr > 0 || n < opts.hold) {
+    record(`hold_errors_${hold}`, p.name, nerr);
+    if (nerr > 0 || n < hold) {
       recordError(
         round,
         p.name,
-        "hold",
-        `held ${n}/${opts.hold}; errors ${JSON.stringify(h.errors)} errno ${
+        `hold_${hold}`,
+        `held ${n}/${hold}; errors ${JSON.stringify(h.errors)} errno ${
           JSON.stringify(h.errno)
         } dropped ${h.dropped}+${rel?.dropped}`,
       );
     }
     console.log(
-      `  r${round} hold ${opts.hold}    ${p.name.padEnd(10)} held ${n} in ${
+      `  r${round} hold ${hold}    ${p.name.padEnd(10)} held ${n} in ${
         h.setup_s.toFixed(1)
       } s  RSS ${mib(idle.rssKiB).toFixed(1)} -> ${mib(held.rssKiB).toFixed(1)} MiB (${
         (delta / Math.max(n, 1)).toFixed(2)
@@ -708,7 +763,7 @@ async function holdTest(
       })  fds ${idle.fds}/${held.fds}/${after.fds}  procs ${held.processes}`,
     );
   } catch (e) {
-    recordError(round, p.name, "hold", (e as Error).message);
+    recordError(round, p.name, `hold_${hold}`, (e as Error).message);
   } finally {
     await lines.cancel();
     await stopManaged(m, 2000);
@@ -736,11 +791,28 @@ async function runRound(
   loadgen: string,
   opts: Options,
 ): Promise<void> {
-  const k = (round - 1) % names.length;
-  const order = names.slice(k).concat(names.slice(0, k));
+  const proxies = names.filter((n) => !NOT_PROXIES.includes(n));
+  const k = (round - 1) % Math.max(proxies.length, 1);
+  const order = proxies.slice(k).concat(proxies.slice(0, k));
   console.log(`round ${round}/${opts.rounds}: order ${order.join(", ")}`);
-  const running: Running[] = [];
-  try {
+  let running: Running[] = [];
+  const stopAll = async () => {
+    for (const p of running) {
+      if (p.m) {
+        const st = await stopManaged(p.m);
+        if (DUALSOCKS.includes(p.name) && st && st.code !== 0) {
+          recordError(
+            round,
+            p.name,
+            "stop",
+            `exit code ${st.code} signal ${st.signal} after SIGTERM`,
+          );
+        }
+      }
+    }
+    running = [];
+  };
+  const startAll = async () => {
     for (const n of order) {
       try {
         running.push(await startProxy(n, tmp, tools, opts));
@@ -752,43 +824,55 @@ async function runRound(
     const idle = new Map<Name, MemSample>();
     for (const p of running) {
       if (!p.m) continue;
-      const s = sampleTree(p.m.pid);
-      idle.set(p.name, s);
-      record("mem_idle_rss", p.name, mib(s.rssKiB));
-      record("mem_idle_pss", p.name, mib(s.pssKiB));
-      record("fds_idle", p.name, s.fds);
-      results.raw.push({
-        round,
-        proxy: p.name,
-        test: "idle",
-        data: { ...s, nofile: p.nofile },
-      });
+      idle.set(p.name, sampleTree(p.m.pid));
       if (p.nofile !== undefined && p.nofile < NOFILE) {
         recordError(round, p.name, "start", `nofile limit ${p.nofile}`);
       }
     }
-    const step = async (
-      p: Running,
-      test: string,
-      f: () => Promise<unknown>,
-    ) => {
-      if (!alive(p)) {
-        recordError(round, p.name, test, deadMessage(p));
-        return;
-      }
-      await f();
-      await sleep(300);
-    };
+    return idle;
+  };
+  const step = async (
+    p: Running,
+    test: string,
+    f: () => Promise<unknown>,
+  ) => {
+    if (!alive(p)) {
+      recordError(round, p.name, test, deadMessage(p));
+      return;
+    }
+    await f();
+    await sleep(300);
+  };
+  try {
+    if (names.includes("bandwidth")) await bandwidthTest(round, opts);
+    // Memory: every hold size from freshly started proxies (the first from this
+    // round's own start), so that no warm-up hides what the first relays cost.
+    let idle = await startAll();
     for (const p of running) {
-      if (!p.m) continue;
-      await step(
-        p,
-        "hold",
-        () => holdTest(round, p, idle.get(p.name)!, loadgen, opts),
-      );
+      const s = idle.get(p.name);
+      if (!s) continue;
+      record("mem_idle_rss", p.name, mib(s.rssKiB));
+      record("mem_idle_pss", p.name, mib(s.pssKiB));
+      record("fds_idle", p.name, s.fds);
+      results.raw.push({ round, proxy: p.name, test: "idle", data: { ...s, nofile: p.nofile } });
+    }
+    for (const [i, hold] of opts.hold.entries()) {
+      if (i > 0) {
+        await stopAll();
+        idle = await startAll();
+      }
+      for (const p of running) {
+        if (!p.m) continue;
+        await step(
+          p,
+          `hold_${hold}`,
+          () => holdTest(round, p, idle.get(p.name)!, loadgen, opts, hold),
+        );
+      }
     }
     for (const kind of TPUT) {
       for (const p of running) {
+        if (NO_THROUGHPUT.includes(p.name)) continue;
         await step(p, kind.key, () => iperfTest(round, p, kind, tools, opts));
       }
     }
@@ -812,7 +896,11 @@ async function runRound(
       record("mem_end_rss", p.name, mib(s.rssKiB));
       record("fds_end", p.name, s.fds);
       results.raw.push({ round, proxy: p.name, test: "end", data: s });
-      const lines = logLines(p.log).filter((l) => !/Dante\/server.* running/.test(l));
+      // dualsocks at its defaults logs a line per session at info: count those
+      // apart; every other line (a warning, an error) is a failure.
+      const all = logLines(p.log).filter((l) => !/Dante\/server.* running/.test(l));
+      const lines = all.filter((l) => !/\[INF\]|"level":"INFO"/.test(l));
+      if (DUALSOCKS.includes(p.name)) record("log_info_lines", p.name, all.length - lines.length);
       record("log_lines", p.name, lines.length);
       if (lines.length) {
         recordError(
@@ -824,19 +912,7 @@ async function runRound(
       }
     }
   } finally {
-    for (const p of running) {
-      if (p.m) {
-        const st = await stopManaged(p.m);
-        if (p.name === "dualsocks" && st && st.code !== 0) {
-          recordError(
-            round,
-            p.name,
-            "stop",
-            `exit code ${st.code} signal ${st.signal} after SIGTERM`,
-          );
-        }
-      }
-    }
+    await stopAll();
   }
 }
 
@@ -895,7 +971,15 @@ interface MetricDef {
 }
 
 function metricDefs(opts: Options): MetricDef[] {
-  const n = opts.hold;
+  const perHold = (rows: [string, string, string, string][]) =>
+    opts.hold.flatMap((n) =>
+      rows.map(([key, label, unit, better]) => [
+        `${key}_${n}`,
+        label.replace("N", String(n)),
+        unit,
+        better,
+      ])
+    );
   return [
     ["tput_up_1", "Throughput 1 stream, up", "Gbit/s", "higher"],
     ["tput_down_1", "Throughput 1 stream, down (-R)", "Gbit/s", "higher"],
@@ -915,20 +999,27 @@ function metricDefs(opts: Options): MetricDef[] {
     ["sess_256_cpu", "Proxy CPU per session, 256 clients", "µs", "lower"],
     ["mem_idle_rss", "RSS idle", "MiB", "lower"],
     ["mem_idle_pss", "PSS idle", "MiB", "lower"],
-    ["mem_held_rss", `RSS with ${n} idle relays`, "MiB", "lower"],
-    ["relay_kib_rss", "Per relay, RSS", "KiB", "lower"],
-    ["relay_kib_pss", "Per relay, PSS", "KiB", "lower"],
-    ["hold_setup_s", `Time to open ${n} relays`, "s", "lower"],
-    ["mem_released_rss", "RSS 1 s after closing relays", "MiB", "lower"],
+    ...perHold([
+      ["relay_kib_rss", "Per relay, RSS, N relays from a fresh process", "KiB", "lower"],
+      ["relay_kib_pss", "Per relay, PSS, N relays from a fresh process", "KiB", "lower"],
+      ["mem_held_rss", "RSS with N idle relays", "MiB", "lower"],
+      ["hold_setup_s", "Time to open N relays", "s", "lower"],
+      ["mem_released_rss", "RSS 1 s after closing N relays", "MiB", "lower"],
+      ["fds_held", "Open fds with N relays", "", ""],
+      ["fds_released", "Open fds 1 s after closing N relays", "", ""],
+      ["hold_errors", "Failed/dropped relays (hold N)", "", "lower"],
+    ]),
     ["mem_end_rss", "RSS at end of round", "MiB", "lower"],
     ["fds_idle", "Open fds idle", "", ""],
-    ["fds_held", `Open fds with ${n} relays`, "", ""],
-    ["fds_released", "Open fds 1 s after closing relays", "", ""],
     ["fds_end", "Open fds at end of round", "", ""],
     ["sess_32_errors", "Failed sessions, 32 clients", "", "lower"],
     ["sess_256_errors", "Failed sessions, 256 clients", "", "lower"],
-    ["hold_errors", "Failed/dropped relays (hold)", "", "lower"],
     ["log_lines", "Log lines (errors/warnings)", "", "lower"],
+    ["log_info_lines", "Log lines at info (one per session)", "", ""],
+    ["bw_before_gbps", "Relay in-process, unlimited, before limits existed", "Gbit/s", "higher"],
+    ["bw_now_gbps", "Relay in-process, unlimited, now", "Gbit/s", "higher"],
+    ["bw_never_dry_gbps", "Relay in-process, a bucket that never runs dry", "Gbit/s", "higher"],
+    ["bw_limited_ratio", "Relay limited to 50 MiB/s: measured / configured", "", ""],
   ].map(([key, label, unit, better]) => ({ key, label, unit, better }) as MetricDef);
 }
 
@@ -971,17 +1062,26 @@ function summarize(names: Name[], defs: MetricDef[]) {
       };
     }
     table[d.key] = row;
-    const ds = row.dualsocks?.median;
-    if (ds === undefined) continue;
     const r: Record<string, number> = {};
-    for (const other of ["dante", "microsocks", "direct", "floor"] as const) {
-      const o = row[other]?.median;
-      if (o !== undefined && o !== 0) r[`vs_${other}`] = ds / o;
+    for (const [a, b] of RATIOS) {
+      const x = row[a]?.median;
+      const o = row[b]?.median;
+      if (x !== undefined && o !== undefined && o !== 0) r[`${a}/${b}`] = x / o;
     }
-    ratios[d.key] = r;
+    if (Object.keys(r).length) ratios[d.key] = r;
   }
   return { table, ratios };
 }
+
+/** The ratio columns: each `a/b` shown when both ran. */
+const RATIOS: readonly [Name, Name][] = [
+  ["dualsocks", "floor"],
+  ["dualsocks-quiet", "floor"],
+  ["dualsocks", "dualsocks-quiet"],
+  ["dualsocks", "microsocks"],
+  ["dualsocks", "dante"],
+  ["dualsocks", "direct"],
+];
 
 function markdown(
   names: Name[],
@@ -992,9 +1092,7 @@ function markdown(
   prof?: ProfileSummary,
 ): string {
   const { table, ratios } = summarize(names, defs);
-  const others = (["dante", "microsocks", "direct", "floor"] as const).filter((o) =>
-    names.includes(o) && names.includes("dualsocks")
-  );
+  const pairs = RATIOS.filter(([a, b]) => names.includes(a) && names.includes(b));
   const out: string[] = [];
   out.push(`# dualsocks benchmark, ${machine.date.slice(0, 10)}`, "");
   out.push(
@@ -1005,14 +1103,16 @@ function markdown(
     `- Deno ${machine.deno} (V8 ${machine.v8}); ${machine.iperf3}; Dante ${machine.dante}; microsocks ${machine.microsocks}; proxychains4 ${machine.proxychains4}`,
     `- ${opts.rounds} round(s), order rotated each round, all processes restarted each round; ` +
       `iperf3 -t ${opts.iperfSeconds}; sessions ${opts.sessionSeconds} s (+${opts.warmup} s warm-up), ` +
-      `closer: ${opts.close}; hold ${opts.hold} relays; run took ${
+      `closer: ${opts.close}; hold ${opts.hold.join(" and ")} relays; run took ${
         Math.round(elapsedS)
       } s; ${machine.date}`,
-    `- cells: median (min–max over rounds); ratios: dualsocks median / other median` +
+    `- dualsocks: at its defaults (info logging to stderr, admin API on); dualsocks-quiet: ` +
+      `the same with --log-level error; floor: bench/floor_relay.ts; bandwidth: bench/bandwidth.ts`,
+    `- cells: median (min–max over rounds); ratios: median / median` +
       ` (↑ higher is better, ↓ lower is better)`,
     "",
   );
-  const head = ["metric", ...names, ...others.map((o) => `dualsocks/${o}`)];
+  const head = ["metric", ...names, ...pairs.map(([a, b]) => `${a}/${b}`)];
   out.push(`| ${head.join(" | ")} |`);
   out.push(`|${head.map((_, i) => (i ? "---:" : "---")).join("|")}|`);
   for (const d of defs) {
@@ -1026,8 +1126,8 @@ function markdown(
       else if (s.values.length === 1 || s.min === s.max) cells.push(fmt(s.median));
       else cells.push(`${fmt(s.median)} (${fmt(s.min)}–${fmt(s.max)})`);
     }
-    for (const o of others) {
-      const r = ratios[d.key]?.[`vs_${o}`];
+    for (const [a, b] of pairs) {
+      const r = ratios[d.key]?.[`${a}/${b}`];
       cells.push(r === undefined ? "–" : r.toFixed(2));
     }
     out.push(`| ${cells.join(" | ")} |`);
@@ -1117,7 +1217,7 @@ async function main(): Promise<number> {
     const loadgen = await buildLoadgen();
     const machine = await machineInfo(tools);
     let names = [...opts.only];
-    if (names.includes("dualsocks")) {
+    if (names.some((n) => DUALSOCKS.includes(n))) {
       let ok = false;
       try {
         Deno.statSync(`${ROOT}/main.ts`);
@@ -1129,7 +1229,7 @@ async function main(): Promise<number> {
         // First start may fetch/compile dependencies: allow 90 s, once.
         try {
           const p = await startProxy(
-            "dualsocks",
+            names.find((n) => DUALSOCKS.includes(n))!,
             tmp,
             tools,
             opts,
@@ -1142,7 +1242,7 @@ async function main(): Promise<number> {
           ok = false;
         }
       }
-      if (!ok) names = names.filter((n) => n !== "dualsocks");
+      if (!ok) names = names.filter((n) => !DUALSOCKS.includes(n));
     }
     if (!names.length) throw new Error("nothing to benchmark");
     await startIperfServer(tools);

@@ -7,7 +7,12 @@
  * @module
  */
 
-import { getLogger } from "@logtape/logtape";
+import {
+  getJsonLinesFormatter,
+  getLogger,
+  getTextFormatter,
+  type LogRecord,
+} from "@logtape/logtape";
 
 /** The logging hook: LogTape's `Logger` fits it, and so do thin adapters. */
 export interface GatewayLogger {
@@ -21,13 +26,109 @@ export interface GatewayLogger {
   error(message: string, properties?: Record<string, unknown>): void;
 }
 
-/** The library's default logger, under the LogTape category `["dualsocks", ...sub]`. */
+/**
+ * The library's default logger, under the LogTape category
+ * `["dualsocks", ...sub]`: LogTape's `getLogger`, or, after
+ * {@linkcode logDirectly}, a logger that hands its records straight to that
+ * sink.
+ *
+ * @example
+ * ```ts
+ * import { libraryLogger } from "./log.ts";
+ * libraryLogger("gateway").info("listening on {addrs}", { addrs: "127.0.0.1:1080" });
+ * ```
+ */
 export function libraryLogger(...sub: string[]): GatewayLogger {
-  return getLogger(["dualsocks", ...sub]);
+  const category = ["dualsocks", ...sub];
+  return direct ? directLogger(category, direct) : getLogger(category);
 }
 
 const LEVELS = { debug: 0, info: 1, warning: 2, error: 3 } as const;
 const NOTHING = () => {};
+
+/** Where {@linkcode logDirectly} sends the library's records, if it was called. */
+let direct: { sink: (record: LogRecord) => void; min: number } | undefined;
+
+/**
+ * Makes {@linkcode libraryLogger} hand every record at `lowestLevel` or
+ * above straight to `sink`, skipping LogTape's dispatch (its category tree,
+ * filters and record copies cost about 10 µs a record, which is most of the
+ * cost of one log line per session). The records are LogTape's `LogRecord`s,
+ * so LogTape's formatters and sinks work on them. For an application that
+ * sends the `["dualsocks"]` category to one sink anyway, as `main.ts` does;
+ * loggers made before the call keep going through LogTape. Dispose the
+ * result to go back to LogTape.
+ *
+ * @example
+ * ```ts
+ * import { libraryLogger, logDirectly } from "./log.ts";
+ * const lines: string[] = [];
+ * using _ = logDirectly((record) => lines.push(record.message.join("")), "info");
+ * libraryLogger("main").info("up on {port}", { port: 1080 });
+ * // lines: ["up on 1080"]
+ * ```
+ */
+export function logDirectly(
+  sink: (record: LogRecord) => void,
+  lowestLevel: keyof typeof LEVELS,
+): Disposable {
+  const mine = { sink, min: LEVELS[lowestLevel] };
+  direct = mine;
+  return {
+    [Symbol.dispose]() {
+      if (direct === mine) direct = undefined;
+    },
+  };
+}
+
+/** Templates split once: text, key, text, key, ..., text. */
+const templates = new Map<string, string[]>();
+
+function parseTemplate(template: string): string[] {
+  let parts = templates.get(template);
+  if (parts) return parts;
+  parts = [];
+  let text = "";
+  for (let i = 0; i < template.length; i++) {
+    const c = template[i];
+    if (c === "{" && template[i + 1] === "{") {
+      text += "{";
+      i++;
+    } else if (c === "}" && template[i + 1] === "}") {
+      text += "}";
+      i++;
+    } else if (c === "{" && template.indexOf("}", i + 1) > i) {
+      const end = template.indexOf("}", i + 1);
+      parts.push(text, template.slice(i + 1, end).trim());
+      text = "";
+      i = end;
+    } else text += c;
+  }
+  parts.push(text);
+  // Bounded: the library logs a fixed set of templates.
+  if (templates.size < 1000) templates.set(template, parts);
+  return parts;
+}
+
+function directLogger(
+  category: readonly string[],
+  to: { sink: (record: LogRecord) => void; min: number },
+): GatewayLogger {
+  const at = (level: LogRecord["level"]) => (template: string, properties = {}): void => {
+    const parts = parseTemplate(template);
+    const message: unknown[] = new Array(parts.length);
+    for (let i = 0; i < parts.length; i++) {
+      message[i] = i & 1 ? (properties as Record<string, unknown>)[parts[i]] : parts[i];
+    }
+    to.sink({ category, level, message, rawMessage: template, timestamp: Date.now(), properties });
+  };
+  return {
+    debug: to.min <= 0 ? at("debug") : NOTHING,
+    info: to.min <= 1 ? at("info") : NOTHING,
+    warn: to.min <= 2 ? at("warning") : NOTHING,
+    error: at("error"),
+  };
+}
 
 /**
  * `false` when `method` is a level that {@linkcode withLevel} switched off,
@@ -60,10 +161,53 @@ export function enabled(method: GatewayLogger["info"]): boolean {
  */
 export function withLevel(logger: GatewayLogger, level: keyof typeof LEVELS): GatewayLogger {
   const min = LEVELS[level];
+  const pass = (method: GatewayLogger["info"]) =>
+    method === NOTHING ? NOTHING : method.bind(logger);
   return {
-    debug: min <= 0 ? logger.debug.bind(logger) : NOTHING,
-    info: min <= 1 ? logger.info.bind(logger) : NOTHING,
-    warn: min <= 2 ? logger.warn.bind(logger) : NOTHING,
-    error: logger.error.bind(logger),
+    debug: min <= 0 ? pass(logger.debug) : NOTHING,
+    info: min <= 1 ? pass(logger.info) : NOTHING,
+    warn: min <= 2 ? pass(logger.warn) : NOTHING,
+    error: pass(logger.error),
   };
+}
+
+/** A control character (a newline, an escape sequence...). */
+// deno-lint-ignore no-control-regex -- finding control characters is the point
+const CONTROL = /[\x00-\x1f\x7f]/;
+
+/**
+ * How the text format renders a property value: strings as they are (quoted
+ * as JSON when they hold a control character, so that no client-supplied
+ * name can forge a log line), numbers and booleans by `String`, the rest by
+ * `inspect`. Cheaper than LogTape's default, which inspects every value.
+ *
+ * @example
+ * ```ts
+ * import { textValue } from "./log.ts";
+ * textValue("evil\nline", (v) => String(v)); // '"evil\\nline"'
+ * textValue(42, (v) => String(v)); // "42"
+ * ```
+ */
+export function textValue(value: unknown, inspect: (value: unknown) => string): string {
+  if (typeof value === "string") return CONTROL.test(value) ? JSON.stringify(value) : value;
+  if (typeof value === "number" || typeof value === "boolean") return String(value);
+  return inspect(value);
+}
+
+/**
+ * The formatter of a log format: `text` (LogTape's text lines with the local
+ * time zone, values by {@linkcode textValue}) or `json` (one JSON object per
+ * line, the message as its template, the values as properties).
+ *
+ * @example
+ * ```ts
+ * import { logFormatter } from "./log.ts";
+ * import { bufferedSink } from "./log_sink.ts";
+ * const sink = bufferedSink(Deno.stderr, { formatter: logFormatter("json") });
+ * ```
+ */
+export function logFormatter(format: "text" | "json"): (record: LogRecord) => string {
+  return format === "json"
+    ? getJsonLinesFormatter({ message: "template" })
+    : getTextFormatter({ timestamp: "date-time-tz", value: textValue });
 }

@@ -2,25 +2,48 @@
  * The byte relay: two pumps, one per direction, each reading into a pooled
  * buffer and writing it out before reading again (backpressure comes for
  * free: a slow reader stops the writer, which stops the reads). Buffers are
- * sized by the traffic: a quiet connection holds a 1 KiB buffer, one that
+ * sized by the traffic: a quiet connection holds a 512-byte buffer, one that
  * keeps filling its buffer moves up to 16, 64 and 256 KiB, and back down
  * when reads get small. FIN is forwarded as FIN. The relay never closes the
  * sockets itself: it asks its owner to, once, on failure, and returns when
  * both directions have ended.
  *
+ * Bandwidth limits are optional, per direction: a list of
+ * {@linkcode TokenBucket}s (per user, per client address; shared between
+ * sessions) that every chunk is taken from before it is written, waiting as
+ * long as the slowest bucket says. A limited direction keeps its buffer at
+ * most as large as the smallest burst, so that one chunk never puts a bucket
+ * deep into debt. A relay without limits takes the same path as before the
+ * feature, plus one check per chunk.
+ *
  * @module
  */
 
 import type { RelayConn } from "./dialer.ts";
+import { takeAll, type TokenBucket } from "../policy/bandwidth.ts";
 
-/** Buffer sizes, smallest first. */
-const TIERS = [1024, 16 * 1024, 64 * 1024, 256 * 1024] as const;
+/**
+ * Buffer sizes, smallest first. An idle direction holds a smallest buffer
+ * in its pending read, so that one is small: 512 bytes.
+ */
+const TIERS = [512, 16 * 1024, 64 * 1024, 256 * 1024] as const;
 /** Free buffers kept per tier (the largest tier keeps fewest). */
-const KEEP = [4096, 512, 64, 16] as const;
+const KEEP = [8192, 512, 64, 16] as const;
 const pools: Uint8Array[][] = TIERS.map(() => []);
+/**
+ * Smallest buffers are cut from slabs of this many: one allocation (and
+ * one backing store) per 256 buffers instead of one each.
+ */
+const SLAB = 256;
 
 function take(tier: number): Uint8Array {
-  return pools[tier].pop() ?? new Uint8Array(TIERS[tier]);
+  const buf = pools[tier].pop();
+  if (buf) return buf;
+  if (tier !== 0) return new Uint8Array(TIERS[tier]);
+  const size = TIERS[0];
+  const slab = new ArrayBuffer(size * SLAB);
+  for (let i = 1; i < SLAB; i++) pools[0].push(new Uint8Array(slab, i * size, size));
+  return new Uint8Array(slab, 0, size);
 }
 
 function give(tier: number, buf: Uint8Array): void {
@@ -35,6 +58,34 @@ export interface RelayStats {
   bytesDown: number;
   /** Set on every chunk; the idle sweeper clears it. */
   active: boolean;
+}
+
+/**
+ * Bandwidth limits of one relay, per direction: every chunk is taken from
+ * every bucket of its direction. Empty or missing lists are no limit.
+ *
+ * @example
+ * ```ts
+ * import { TokenBucket } from "../policy/bandwidth.ts";
+ * import type { RelayLimits } from "./relay.ts";
+ * const alice = new TokenBucket({ rate: 1_000_000 }); // shared by alice's sessions
+ * const limits: RelayLimits = { up: [alice], down: [alice] };
+ * ```
+ */
+export interface RelayLimits {
+  /** Buckets for client-to-destination bytes. */
+  up?: readonly TokenBucket[];
+  /** Buckets for destination-to-client bytes. */
+  down?: readonly TokenBucket[];
+}
+
+/** The largest tier whose buffer fits in the smallest burst of `buckets` (at least tier 0). */
+function maxTierFor(buckets: readonly TokenBucket[]): number {
+  let burst = Infinity;
+  for (const b of buckets) burst = Math.min(burst, b.burst);
+  let tier = 0;
+  while (tier < TIERS.length - 1 && TIERS[tier + 1] <= burst) tier++;
+  return tier;
 }
 
 /** Shared by the two pumps of one relay. */
@@ -60,14 +111,29 @@ class Pump {
   #small = 0; // consecutive reads that used under a quarter of the buffer
   #n = 0;
   #off = 0;
+  #maxTier: number = TIERS.length - 1;
+  /** Set only on a limited direction. */
+  #limit: readonly TokenBucket[] | undefined;
+  /** The pending wait of a limited direction, if any. */
+  #timer: ReturnType<typeof setTimeout> | undefined;
   #resolve!: () => void;
   #reject!: (error: unknown) => void;
 
-  constructor(src: RelayConn, dst: RelayConn, state: RelayState, up: boolean) {
+  constructor(
+    src: RelayConn,
+    dst: RelayConn,
+    state: RelayState,
+    up: boolean,
+    limit: readonly TokenBucket[] | undefined,
+  ) {
     this.#src = src;
     this.#dst = dst;
     this.#state = state;
     this.#up = up;
+    if (limit !== undefined && limit.length > 0) {
+      this.#limit = limit;
+      this.#maxTier = maxTierFor(limit);
+    }
     this.done = new Promise((resolve, reject) => {
       this.#resolve = resolve;
       this.#reject = reject;
@@ -87,8 +153,27 @@ class Pump {
     else stats.bytesDown += n;
     this.#n = n;
     this.#off = 0;
+    if (this.#limit !== undefined) return this.#throttle(n);
     this.#write();
   };
+
+  /** A limited direction: takes `n` bytes from its buckets, and writes when they allow. */
+  #throttle(n: number): void {
+    const wait = takeAll(this.#limit!, n, performance.now());
+    if (wait <= 0) return this.#write();
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      this.#write();
+    }, wait);
+  }
+
+  /** Ends a wait for bandwidth (the relay failed): the direction ends with `error`. */
+  stop(error: unknown): void {
+    if (this.#timer === undefined) return;
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#onError(error);
+  }
 
   #write(): void {
     const buf = this.#buf;
@@ -104,7 +189,7 @@ class Pump {
     // Size the buffer to the traffic: up a tier when a read filled it, down
     // after two reads that used under a quarter of it.
     const size = this.#buf.length;
-    if (this.#n === size && this.#tier < TIERS.length - 1) {
+    if (this.#n === size && this.#tier < this.#maxTier) {
       give(this.#tier, this.#buf);
       this.#buf = take(++this.#tier);
       this.#small = 0;
@@ -143,7 +228,9 @@ const EMPTY = new Uint8Array(0);
  * until one fails, in which case `fail` is called (once) and must close
  * both connections so that the other direction ends too. Resolves to a
  * close reason: `"done"` when both sides closed cleanly, else the first
- * error. Never rejects.
+ * error. Never rejects. With `limits`, each direction is held to its
+ * buckets (see {@linkcode RelayLimits}); a failure also ends a direction
+ * that is waiting for bandwidth.
  *
  * @example
  * ```ts ignore
@@ -154,22 +241,34 @@ const EMPTY = new Uint8Array(0);
  *   targetConn.close();
  * });
  * ```
+ *
+ * @example With a download limit shared by every session of a user
+ * ```ts ignore
+ * import { relay } from "./relay.ts";
+ * import { TokenBucket } from "../policy/bandwidth.ts";
+ * const alice = new TokenBucket({ rate: 1_000_000, burst: 64 * 1024 });
+ * await relay(clientConn, targetConn, stats, close, { down: [alice] });
+ * ```
  */
 export function relay(
   client: RelayConn,
   target: RelayConn,
   stats: RelayStats,
   fail: (reason: string) => void,
+  limits?: RelayLimits,
 ): Promise<string> {
   let reason = "done";
   const state: RelayState = { stats, ended: 0 };
+  const up = new Pump(client, target, state, true, limits?.up);
+  const down = new Pump(target, client, state, false, limits?.down);
   const onError = (error: unknown) => {
     if (reason !== "done") return;
     reason = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
     fail(reason);
+    if (limits !== undefined) {
+      up.stop(error);
+      down.stop(error);
+    }
   };
-  return Promise.all([
-    new Pump(client, target, state, true).done.catch(onError),
-    new Pump(target, client, state, false).done.catch(onError),
-  ]).then(() => reason);
+  return Promise.all([up.done.catch(onError), down.done.catch(onError)]).then(() => reason);
 }
