@@ -12,13 +12,7 @@
  */
 
 import { parseArgs } from "node:util";
-import {
-  configure,
-  dispose,
-  getJsonLinesFormatter,
-  getStreamSink,
-  getTextFormatter,
-} from "@logtape/logtape";
+import { configure, dispose } from "@logtape/logtape";
 import denoJson from "./deno.json" with { type: "json" };
 import {
   type Config,
@@ -34,14 +28,19 @@ import { createAdminHandler } from "./src/admin/handler.ts";
 import { joinHostPort } from "./src/protocol/address.ts";
 import { optionsFromConfig } from "./src/config/options.ts";
 import { ListenError, serve } from "./src/server/gateway.ts";
-import { libraryLogger, withLevel } from "./src/log.ts";
+import { libraryLogger, logDirectly, logFormatter, withLevel } from "./src/log.ts";
+import { bufferedSink } from "./src/log_sink.ts";
 import { forward } from "./src/client/forward.ts";
+import { hashPasswordCommand } from "./src/cli/hash_password.ts";
 
 const HELP = `dualsocks ${denoJson.version}: a SOCKS5 IPv6/IPv4 gateway (RFC 3089)
 
 Usage:
   dualsocks [serve] [options]        run the gateway
   dualsocks check-config FILE        validate FILE and print the effective configuration
+  dualsocks hash-password [--username NAME]
+                                     read a password (without echo) and print the
+                                     password_hash line for the users: section
   dualsocks forward --listen HOST:PORT --to HOST:PORT --via URL [--via URL]...
                                      a local TCP forwarder through a gateway (or a chain
                                      of gateways, in order), for programs that cannot
@@ -60,7 +59,9 @@ Options:
 
 Without --config and --listen it listens on [::1]:1080 and 127.0.0.1:1080.
 Logs go to standard error. SIGINT or SIGTERM: readiness turns 503, stop
-accepting, let relays finish for shutdown.grace (default 10 s), then exit 0.
+accepting (after shutdown.drain_delay, default 0), let relays finish for
+shutdown.grace (default 10 s), then exit 0. The same signal again within 1 s
+counts once (deno task forwards it); a later one closes every relay at once.
 SIGHUP (or POST /api/v1/reload): re-read the file and apply it to new
 sessions; a bad file is logged and the running configuration kept.
 `;
@@ -148,33 +149,28 @@ async function effectiveConfig(values: Parsed["values"], file?: string): Promise
 const sameHostPort = (a: HostPort | null, b: HostPort | null) =>
   a === b || (a !== null && b !== null && a.host === b.host && a.port === b.port);
 
-/** True when `text` holds a control character (a newline, an escape sequence...). */
-function hasControl(text: string): boolean {
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    if (c < 0x20 || c === 0x7f) return true;
-  }
-  return false;
-}
-
 async function setUpLogging(config: Config): Promise<void> {
-  const formatter = config.log.format === "json"
-    ? getJsonLinesFormatter({ message: "template" })
-    : getTextFormatter({
-      timestamp: "date-time-tz",
-      // Client-supplied strings (names, user names) are quoted when they hold
-      // control characters, so that nobody can forge a log line.
-      value: (v, inspect) =>
-        typeof v !== "string" ? inspect(v) : hasControl(v) ? JSON.stringify(v) : v,
-    });
+  // Batched writes to standard error: a log line never waits for a write, a
+  // slow reader drops (and counts) lines instead of growing the queue, and
+  // `dispose()` at shutdown writes what is queued.
+  const stderr = bufferedSink(Deno.stderr, { formatter: logFormatter(config.log.format) });
   await configure({
-    sinks: { stderr: getStreamSink(Deno.stderr.writable, { formatter }) },
+    sinks: { stderr },
     loggers: [
       { category: ["dualsocks"], lowestLevel: config.log.level, sinks: ["stderr"] },
       { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["stderr"] },
     ],
   });
+  // The same, minus LogTape's dispatch, for the library's loggers made from here on
+  // (`dispose()` still writes what the sink holds).
+  logDirectly(stderr, config.log.level);
 }
+
+/**
+ * A stop signal this soon (ms) after the first one counts as the same signal:
+ * `deno task` forwards a signal sent to the process group a second time.
+ */
+const SIGNAL_ECHO_MS = 1000;
 
 /** How long the admin API waits before it listens again after its server failed. */
 const ADMIN_RESTART_MS = 1000;
@@ -321,15 +317,27 @@ async function runGateway(
     log,
   );
 
-  let signals = 0;
+  // The first SIGINT/SIGTERM drains; one more within SIGNAL_ECHO_MS of it is
+  // the same signal again (`deno task` forwards a signal sent to the whole
+  // process group, so the gateway gets it twice) and is ignored; a later one
+  // closes every relay at once.
+  let firstSignalAt: number | undefined;
   const onSignal = (signal: Deno.Signal) => {
-    signals++;
-    if (signals === 1) {
-      log.info("{signal}: shutting down, readiness 503, grace {grace} ms", {
+    const now = performance.now();
+    if (firstSignalAt === undefined) {
+      firstSignalAt = now;
+      const { grace, drainDelay = 0 } = config.shutdown;
+      log.info("{signal}: shutting down, readiness 503, drain {drainDelay} ms, grace {grace} ms", {
         signal,
-        grace: config.shutdown.grace,
+        grace,
+        drainDelay,
       });
-      gateway.shutdown({ grace: config.shutdown.grace });
+      gateway.shutdown({ grace, drainDelay });
+    } else if (now - firstSignalAt < SIGNAL_ECHO_MS) {
+      log.info("{signal} again within {ms} ms: the same signal, still draining", {
+        signal,
+        ms: SIGNAL_ECHO_MS,
+      });
     } else {
       log.warn("{signal} again: closing every relay now", { signal });
       gateway.shutdown({ grace: 0 });
@@ -416,6 +424,7 @@ async function runForward(values: Parsed["values"]): Promise<number> {
  * ```
  */
 export async function main(args: string[]): Promise<number> {
+  if (args[0] === "hash-password") return await hashPasswordCommand(args.slice(1));
   try {
     const { values, positionals } = parse(args);
     if (values.help) {

@@ -56,13 +56,27 @@ export {
   type DialTarget,
   type RelayConn,
 } from "./src/server/dialer.ts";
-export { PROTOCOLS, type Protocol, type RelayType, type RulesHook } from "./src/server/session.ts";
+export { type Protocol, PROTOCOLS, type RelayType, type RulesHook } from "./src/server/session.ts";
 export { compileRoutes, type RouteConfig, type RouteTable } from "./src/server/routes.ts";
 export type { BindServerOptions } from "./src/server/bind.ts";
 export type { UdpServerOptions } from "./src/server/udp.ts";
 export type { CommandName, GatewayStats, Histogram } from "./src/server/stats.ts";
 export { ConnectTimeoutError, GatewayError, ResolveError } from "./src/server/errors.ts";
 export { type Authenticator, type AuthInfo, staticUsers, type User } from "./src/policy/auth.ts";
+export {
+  Safety,
+  type SafetyOptions,
+  type SafetyStats,
+  type SafetySubject,
+} from "./src/server/safety.ts";
+export type { SessionLimit } from "./src/policy/limits.ts";
+export {
+  type LockoutEntry,
+  type LockoutOptions,
+  type LoginFailure,
+  type LoginGate,
+  LoginLockout,
+} from "./src/policy/lockout.ts";
 export {
   combineDecisions,
   compileRules,
@@ -78,11 +92,13 @@ export { Reply, replyText } from "./src/protocol/constants.ts";
 export {
   type Config,
   ConfigError,
+  type ConfigUser,
   DEFAULT_CONFIG,
   formatConfig,
   type HostPort,
   type ListenEntry,
   loadConfig,
+  type LockoutConfig,
   parseConfig,
 } from "./src/config/config.ts";
 export { optionsFromConfig } from "./src/config/options.ts";

@@ -105,6 +105,7 @@ const ROUTE_NAMES = [
   "/api/v1/sessions/{id}",
   "/api/v1/config",
   "/api/v1/reload",
+  "/api/v1/lockouts",
 ].join(", ");
 
 function json(body: unknown, status = 200, headers: Record<string, string> = {}): Response {
@@ -297,6 +298,17 @@ export function createAdminHandler(
     {
       pattern: /^\/api\/v1\/stats$/,
       methods: { GET: () => Promise.resolve(json(gatewaySnapshot(gateway))) },
+    },
+    {
+      pattern: /^\/api\/v1\/lockouts$/,
+      methods: {
+        GET: () =>
+          Promise.resolve(json({
+            lockedNow: gateway.safety?.lockout?.lockedCount ?? 0,
+            lockoutsTotal: gateway.safety?.lockout?.lockoutsTotal ?? 0,
+            clients: gateway.safety?.lockouts() ?? [],
+          })),
+      },
     },
     {
       pattern: /^\/api\/v1\/sessions$/,

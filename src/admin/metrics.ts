@@ -52,6 +52,8 @@ export interface GatewaySnapshot {
   startedAt: number;
   /** `true` while shutting down (readiness is 503). */
   draining: boolean;
+  /** Which gateway this is, e.g. `gw1/4242` (several may share a port or a balancer). */
+  instance: string;
   /** The bound listen addresses, `HOST:PORT`. */
   listen: string[];
   /** Client connections. */
@@ -116,6 +118,7 @@ function snapshotFrom(gateway: Gateway, live: SessionInfo[]): GatewaySnapshot {
     time: Date.now(),
     startedAt: gateway.startedAt,
     draining: gateway.draining,
+    instance: gateway.instance,
     listen: gateway.addrs.map((a) => joinHostPort(a.hostname, a.port)),
     sessions: {
       total: st.sessionsTotal,
@@ -240,6 +243,7 @@ export const METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
  * | `dualsocks_udp_datagrams_total` | counter | `direction` (from_client, to_client) |
  * | `dualsocks_udp_datagrams_dropped_total` | counter | |
  * | `dualsocks_draining`, `dualsocks_listeners`, `dualsocks_start_time_seconds` | gauge | |
+ * | `dualsocks_instance_info` | gauge (always 1) | `instance` |
  *
  * @example
  * ```ts ignore
@@ -375,6 +379,60 @@ export function renderMetrics(gateway: Gateway): string {
     "Requests denied by the rules.",
     snap.ruleDenials,
   );
+  const safety = gateway.safety;
+  out.single(
+    "dualsocks_protected_refusals_total",
+    "counter",
+    "Clients beyond loopback refused by protected mode (no users, no rules naming clients).",
+    safety?.stats.protectedRefusals ?? 0,
+  );
+  out.family(
+    "dualsocks_unwanted_destinations_total",
+    "counter",
+    "Destinations refused by default, by category (metadata, link-local, multicast...).",
+  );
+  for (const category of ["metadata", "link-local", "multicast", "broadcast", "unspecified"]) {
+    out.sample(
+      "dualsocks_unwanted_destinations_total",
+      safety?.stats.unwantedDestinations[category] ?? 0,
+      { category },
+    );
+  }
+  out.single(
+    "dualsocks_loop_refusals_total",
+    "counter",
+    "Requests refused because their destination is one of the gateway's own listening sockets.",
+    safety?.stats.loopRefusals ?? 0,
+  );
+  out.single(
+    "dualsocks_lockouts_total",
+    "counter",
+    "Clients locked out after repeated failed logins.",
+    safety?.lockout?.lockoutsTotal ?? 0,
+  );
+  out.single(
+    "dualsocks_locked_clients",
+    "gauge",
+    "Clients locked out now.",
+    safety?.lockout?.lockedCount ?? 0,
+  );
+  out.single(
+    "dualsocks_locked_out_attempts_total",
+    "counter",
+    "Login attempts refused unchecked: locked out, or too many waiting.",
+    safety?.stats.lockedOutAttempts ?? 0,
+  );
+  out.family(
+    "dualsocks_limit_refusals_total",
+    "counter",
+    "Sessions refused by a per-client or per-user limit.",
+  )
+    .sample("dualsocks_limit_refusals_total", safety?.stats.limitRefusals.client ?? 0, {
+      kind: "client",
+    })
+    .sample("dualsocks_limit_refusals_total", safety?.stats.limitRefusals.user ?? 0, {
+      kind: "user",
+    });
   out.single(
     "dualsocks_dns_lookups_total",
     "counter",
@@ -414,5 +472,7 @@ export function renderMetrics(gateway: Gateway): string {
     "Start time, seconds since the epoch.",
     snap.startedAt / 1000,
   );
+  out.family("dualsocks_instance_info", "gauge", "Always 1; the instance label names this gateway.")
+    .sample("dualsocks_instance_info", 1, { instance: snap.instance });
   return out.toString();
 }

@@ -45,6 +45,8 @@ import type { FamilyPolicy } from "../server/resolver.ts";
 import type { Protocol } from "../server/session.ts";
 import type { RouteConfig } from "../server/routes.ts";
 import { parseGateway, redactGatewayUrl } from "../client/address.ts";
+import { parsePasswordHash } from "../policy/password.ts";
+import type { SessionLimit } from "../policy/limits.ts";
 export type { FamilyPolicy };
 export type { Protocol };
 
@@ -71,6 +73,47 @@ export interface ListenEntry extends HostPort {
 }
 
 /**
+ * A configured user: `password` in clear, or `passwordHash` (the file's
+ * `password_hash`, made by `dualsocks hash-password`); exactly one.
+ *
+ * @example
+ * ```ts
+ * import type { ConfigUser } from "./config.ts";
+ * const u: ConfigUser = { username: "alice", passwordHash: "$scrypt$ln=15,r=8,p=1$..." };
+ * ```
+ */
+export interface ConfigUser {
+  /** The user name. */
+  username: string;
+  /** The password in clear. */
+  password?: string;
+  /** A salted scrypt hash of the password. */
+  passwordHash?: string;
+}
+
+/**
+ * The `lockout:` section: milliseconds for the durations.
+ *
+ * @example
+ * ```ts
+ * import type { LockoutConfig } from "./config.ts";
+ * const l: LockoutConfig = { threshold: 10, delay: 200, maxDelay: 5000, duration: 900_000 };
+ * ```
+ */
+export interface LockoutConfig {
+  /** Failures that lock a client out; 0 = no lockout. */
+  threshold?: number;
+  /** The delay after the first failure (doubling). */
+  delay?: number;
+  /** The largest delay. */
+  maxDelay?: number;
+  /** How long a lockout lasts (and failures are remembered). */
+  duration?: number;
+  /** IPv6 clients are counted by this prefix. */
+  ipv6Prefix?: number;
+}
+
+/**
  * The effective configuration. All durations are in milliseconds.
  *
  * @example
@@ -86,7 +129,7 @@ export interface Config {
   /** The protocols every listener serves unless its entry names its own. */
   protocols: Protocol[];
   /** RFC 1929 accounts; when non-empty, authentication is required. */
-  users: { username: string; password: string }[];
+  users: ConfigUser[];
   /** Name resolution. */
   resolver: {
     family: FamilyPolicy;
@@ -99,12 +142,24 @@ export interface Config {
   outbound: { ipv4?: string; ipv6?: string };
   /** Milliseconds; `idle` 0 means never. */
   timeouts: { handshake: number; connect: number; idle: number };
-  /** Resource limits. */
-  limits: { maxSessions: number; maxHandshakes: number };
+  /** Resource limits; `perClient` and `perUser` absent unless set. */
+  limits: {
+    maxSessions: number;
+    maxHandshakes: number;
+    perClient?: SessionLimit;
+    perUser?: SessionLimit;
+  };
+  /** Serve clients beyond loopback with no users and no `from:` rules (absent unless set). */
+  allowOpenRelay?: boolean;
+  /** Failed-login lockout (absent = the defaults; `threshold: 0` turns it off). */
+  lockout?: LockoutConfig;
   /** Access rules, see `src/policy/rules.ts`. */
   rules: RuleConfig[];
-  /** Milliseconds to let sessions finish on shutdown. */
-  shutdown: { grace: number };
+  /**
+   * Milliseconds to let sessions finish on shutdown; `drainDelay` (absent =
+   * 0): how long readiness is 503 while the listeners still accept.
+   */
+  shutdown: { grace: number; drainDelay?: number };
   /** Logging. */
   log: {
     format: "text" | "json";
@@ -130,6 +185,10 @@ export interface Config {
   };
   /** The PROXY protocol from these balancers (CIDRs); absent = off. */
   proxyProtocol?: { trusted: string[] };
+  /** Bind listeners with SO_REUSEPORT (needs `--unstable-net`); absent = off. */
+  reusePort?: boolean;
+  /** This instance's name in the admin API; absent = `HOSTNAME/PID` (or `PID`). */
+  instanceName?: string;
 }
 
 function deepFreeze<T>(value: T): T {
@@ -157,7 +216,7 @@ export const DEFAULT_CONFIG: Config = deepFreeze<Config>({
   resolver: { family: "auto", nameservers: [], happyEyeballsDelay: 250 },
   outbound: {},
   timeouts: { handshake: 10_000, connect: 10_000, idle: 300_000 },
-  limits: { maxSessions: 1024, maxHandshakes: 32 },
+  limits: { maxSessions: 8192, maxHandshakes: 32 },
   rules: [],
   shutdown: { grace: 10_000 },
   log: { format: "text", level: "info" },
@@ -738,6 +797,44 @@ const listenEntry: Check = Object.assign(
   { expected: LISTEN_ENTRY_EXPECTED },
 );
 
+const instanceName = scalar(
+  "an instance name of 1-128 printable ASCII characters without spaces",
+  (v) => typeof v === "string" && /^[\x21-\x7e]{1,128}$/.test(v) ? v : null,
+);
+
+const PASSWORD_HASH_EXPECTED =
+  'a password hash "$scrypt$ln=N,r=N,p=N$SALT$HASH" within the cost limits ' +
+  "(dualsocks hash-password prints one)";
+const passwordHashCheck = scalar(
+  PASSWORD_HASH_EXPECTED,
+  (v) => {
+    if (typeof v !== "string") return null;
+    try {
+      parsePasswordHash(v);
+      return v;
+    } catch {
+      return null;
+    }
+  },
+  (n) =>
+    isScalar(n) && typeof n.value === "string"
+      ? `a string of ${n.value.length} characters`
+      : describeNode(n),
+);
+const nonNegativeNumber = scalar(
+  "a number, 0 or more",
+  (v) => typeof v === "number" && Number.isFinite(v) && v >= 0 ? v : null,
+);
+const SESSION_LIMIT: Check = mapping({
+  sessions: ["sessions", nonNegativeInt],
+  rate: ["rate", nonNegativeNumber],
+  burst: ["burst", nonNegativeInt],
+});
+const IPV6_PREFIX = scalar(
+  "a prefix length from 32 to 128",
+  (v) => Number.isInteger(v) && (v as number) >= 32 && (v as number) <= 128 ? v : null,
+);
+
 const CONFIG: Check = mapping({
   listen: [
     "listen",
@@ -755,10 +852,10 @@ const CONFIG: Check = mapping({
         password: [
           "password",
           notPlaceholder(text255("a password", true), REDACTED, "a password"),
-          "required",
         ],
+        password_hash: ["passwordHash", passwordHashCheck],
       }),
-      "users (username and password)",
+      "users (username and password or password_hash)",
       { unique: (v) => (v as { username: string }).username },
     ),
   ],
@@ -798,10 +895,29 @@ const CONFIG: Check = mapping({
     mapping({
       max_sessions: ["maxSessions", positiveInt],
       max_handshakes: ["maxHandshakes", nonNegativeInt],
+      per_client: ["perClient", SESSION_LIMIT],
+      per_user: ["perUser", SESSION_LIMIT],
+    }),
+  ],
+  allow_open_relay: ["allowOpenRelay", boolean],
+  lockout: [
+    "lockout",
+    mapping({
+      threshold: ["threshold", nonNegativeInt],
+      delay: ["delay", duration(false)],
+      max_delay: ["maxDelay", duration(false)],
+      duration: ["duration", duration(true)],
+      ipv6_prefix: ["ipv6Prefix", IPV6_PREFIX],
     }),
   ],
   rules: ["rules", list(RULE, "rules (mappings with an action)")],
-  shutdown: ["shutdown", mapping({ grace: ["grace", duration(false)] })],
+  shutdown: [
+    "shutdown",
+    mapping({
+      grace: ["grace", duration(false)],
+      drain_delay: ["drainDelay", duration(false)],
+    }),
+  ],
   log: [
     "log",
     mapping({
@@ -839,6 +955,8 @@ const CONFIG: Check = mapping({
     "proxyProtocol",
     mapping({ trusted: ["trusted", ruleList("from"), "required"] }),
   ],
+  reuse_port: ["reusePort", boolean],
+  instance_name: ["instanceName", instanceName],
 });
 
 /**
@@ -904,6 +1022,22 @@ export function parseConfig(text: string, options: { file: string }): Config {
     );
   }
   const config = CONFIG(w, top, "", DEFAULT_CONFIG) as Config;
+  config.users.forEach((u, i) => {
+    if ((u.password === undefined) !== (u.passwordHash === undefined)) return;
+    const section = isMap(top) ? resolve(w, top.get("users", true), "users") : null;
+    const node = isSeq(section) ? section.items[i] as Node : top;
+    const neither = u.password === undefined;
+    throw errorAt(
+      w,
+      node,
+      neither ? `users[${i}].password` : `users[${i}]`,
+      "a password or a password_hash",
+      neither ? "nothing" : "both",
+      neither
+        ? "required key is missing or empty; expected a password or a password_hash"
+        : "expected a password or a password_hash, found both",
+    );
+  });
   const known = new Set(config.users.map((u) => u.username));
   for (const u of w.ruleUsers) {
     if (!known.has(u.name)) {
@@ -1019,10 +1153,11 @@ export function configDocument(config: Config): ConfigDocument {
       return l.protocols ? { address, protocols: [...l.protocols] } : address;
     }),
     protocols: [...config.protocols],
-    users: config.users.map((u) => ({
-      username: u.username,
-      password: REDACTED,
-    })),
+    users: config.users.map((u) =>
+      u.passwordHash === undefined
+        ? { username: u.username, password: REDACTED }
+        : { username: u.username, password_hash: REDACTED }
+    ),
     resolver: {
       family: config.resolver.family,
       nameservers: hp(config.resolver.nameservers),
@@ -1037,9 +1172,18 @@ export function configDocument(config: Config): ConfigDocument {
     limits: {
       max_sessions: config.limits.maxSessions,
       max_handshakes: config.limits.maxHandshakes,
+      ...(config.limits.perClient ? { per_client: { ...config.limits.perClient } } : {}),
+      ...(config.limits.perUser ? { per_user: { ...config.limits.perUser } } : {}),
     },
+    ...(config.allowOpenRelay === undefined ? {} : { allow_open_relay: config.allowOpenRelay }),
+    ...(config.lockout === undefined ? {} : { lockout: lockoutDocument(config.lockout) }),
     rules: config.rules.map((r) => ({ ...r })),
-    shutdown: { grace: formatDuration(config.shutdown.grace) },
+    shutdown: {
+      grace: formatDuration(config.shutdown.grace),
+      ...(config.shutdown.drainDelay === undefined
+        ? {}
+        : { drain_delay: formatDuration(config.shutdown.drainDelay) }),
+    },
     log: { ...config.log },
     admin: {
       listen: config.admin.listen
@@ -1060,7 +1204,19 @@ export function configDocument(config: Config): ConfigDocument {
     ...(config.proxyProtocol
       ? { proxy_protocol: { trusted: [...config.proxyProtocol.trusted] } }
       : {}),
+    ...(config.reusePort === undefined ? {} : { reuse_port: config.reusePort }),
+    ...(config.instanceName === undefined ? {} : { instance_name: config.instanceName }),
   };
+}
+
+function lockoutDocument(l: LockoutConfig): NonNullable<ConfigDocument["lockout"]> {
+  const out: NonNullable<ConfigDocument["lockout"]> = {};
+  if (l.threshold !== undefined) out.threshold = l.threshold;
+  if (l.delay !== undefined) out.delay = formatDuration(l.delay);
+  if (l.maxDelay !== undefined) out.max_delay = formatDuration(l.maxDelay);
+  if (l.duration !== undefined) out.duration = formatDuration(l.duration);
+  if (l.ipv6Prefix !== undefined) out.ipv6_prefix = l.ipv6Prefix;
+  return out;
 }
 
 /**
@@ -1079,8 +1235,8 @@ export interface ConfigDocument {
   listen: (string | { address: string; protocols: Protocol[] })[];
   /** The protocols of listeners that name none. */
   protocols: Protocol[];
-  /** Users, passwords redacted. */
-  users: { username: string; password: string }[];
+  /** Users, passwords and hashes redacted. */
+  users: ({ username: string; password: string } | { username: string; password_hash: string })[];
   /** Name resolution. */
   resolver: { family: FamilyPolicy; nameservers: string[]; happy_eyeballs_delay: string };
   /** Source addresses. */
@@ -1088,11 +1244,26 @@ export interface ConfigDocument {
   /** Durations with units. */
   timeouts: { handshake: string; connect: string; idle: string };
   /** Resource limits. */
-  limits: { max_sessions: number; max_handshakes: number };
+  limits: {
+    max_sessions: number;
+    max_handshakes: number;
+    per_client?: SessionLimit;
+    per_user?: SessionLimit;
+  };
+  /** Open relay knowingly, when set. */
+  allow_open_relay?: boolean;
+  /** The lockout settings given. */
+  lockout?: {
+    threshold?: number;
+    delay?: string;
+    max_delay?: string;
+    duration?: string;
+    ipv6_prefix?: number;
+  };
   /** Access rules. */
   rules: RuleConfig[];
-  /** Shutdown grace period. */
-  shutdown: { grace: string };
+  /** Shutdown grace period and drain delay. */
+  shutdown: { grace: string; drain_delay?: string };
   /** Logging. */
   log: Config["log"];
   /** The admin API: `"off"` or `HOST:PORT`; the token redacted. */
@@ -1105,4 +1276,8 @@ export interface ConfigDocument {
   udp: { advertise: { ipv4?: string; ipv6?: string }; port_range?: string; name_cache_ttl: string };
   /** PROXY protocol settings, when on. */
   proxy_protocol?: { trusted: string[] };
+  /** SO_REUSEPORT on the listeners, when set. */
+  reuse_port?: boolean;
+  /** The instance name, when set. */
+  instance_name?: string;
 }

@@ -35,5 +35,20 @@ export function optionsFromConfig(config: Config): ServeOptions {
     bind: config.bind,
     udp: config.udp,
     proxyProtocol: config.proxyProtocol,
+    reusePort: config.reusePort,
+    instance: config.instanceName,
+    safety: {
+      allowOpenRelay: config.allowOpenRelay,
+      lockout: config.lockout?.threshold === 0 ? false : config.lockout && {
+        threshold: config.lockout.threshold,
+        baseDelay: config.lockout.delay,
+        maxDelay: config.lockout.maxDelay,
+        lockout: config.lockout.duration,
+        window: config.lockout.duration,
+        ipv6Prefix: config.lockout.ipv6Prefix,
+      },
+      perClient: config.limits.perClient,
+      perUser: config.limits.perUser,
+    },
   };
 }

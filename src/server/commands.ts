@@ -15,6 +15,7 @@ import { acceptPeer, bindListen, ClientGoneError, PrefetchedConn } from "./bind.
 import { replyFor } from "./errors.ts";
 import { allowedFamilies } from "./resolver.ts";
 import {
+  admit,
   decide,
   destinationAddresses,
   isLocalTarget,
@@ -152,6 +153,7 @@ export async function bindCommand(c: CommandCall): Promise<Started> {
  */
 export async function udpCommand(c: CommandCall): Promise<Started> {
   const { s, ctx, conn } = c;
+  admit(s, ctx); // protected mode and session limits, as for CONNECT and BIND
   const local = netAddr(conn.localAddr);
   // DST.ADDR/DST.PORT name the client's expected source, never a destination.
   const expected = normalizeIp(c.host);
@@ -163,11 +165,15 @@ export async function udpCommand(c: CommandCall): Promise<Started> {
     { outbound: ctx.outbound, nameCacheTtl: ctx.udp?.nameCacheTtl },
     {
       resolve: (name, p) => destinationAddresses(name, p, "udp", s, ctx),
-      allowed: async (host, p, family) =>
-        allowedFamilies(ctx.family).includes(family) &&
-        (ctx.rules
-          ? (await decide(ctx, s, "udp", host, p)).action === "allow"
-          : !(loopbackGuard(ctx, s) && isLocalTarget(host))),
+      allowed: async (host, p, family) => {
+        if (!allowedFamilies(ctx.family).includes(family)) return false;
+        const decision = ctx.rules ? await decide(ctx, s, "udp", host, p) : undefined;
+        if (decision ? decision.action !== "allow" : loopbackGuard(ctx, s) && isLocalTarget(host)) {
+          return false;
+        }
+        // Metadata, link-local, multicast...: refused unless a rule names them.
+        return !ctx.safety?.refusal(host, p, { rules: ctx.ruleConfigs, decision });
+      },
       onDatagram(up, bytes, family) {
         s.active = true;
         s.type ??= relayType(s.clientFamily, family);

@@ -35,6 +35,7 @@ import {
   type SessionContext,
 } from "./session.ts";
 import { runSession } from "./front_door.ts";
+import { Safety, type SafetyOptions } from "./safety.ts";
 import { compileProxyProtocol } from "./proxy_header.ts";
 import { formatAddr, type ListenAddress, Listeners, type Listening } from "./listener.ts";
 
@@ -100,7 +101,7 @@ export interface ServeOptions {
    * served as usual, and closed if they send a header. Default off.
    */
   proxyProtocol?: { trusted: readonly string[] };
-  /** Maximum concurrent sessions; further clients are closed at once. Default 1024. */
+  /** Maximum concurrent sessions; further clients are closed at once. Default 8192 (2 fds a relay). */
   maxSessions?: number;
   /**
    * Maximum sessions in their handshake at once; further clients wait in the
@@ -112,6 +113,26 @@ export interface ServeOptions {
   maxHandshakes?: number;
   /** Logger hook. Default: LogTape category `["dualsocks"]`. */
   logger?: GatewayLogger;
+  /**
+   * Bind the listeners with `SO_REUSEPORT`, so that several gateway
+   * processes on this host can listen on the same port and the kernel
+   * spreads new clients among them. Needs Deno's `--unstable-net` flag
+   * (without it, binding throws a {@linkcode ListenError} that says so).
+   * Default `false`. Applies to listeners bound from then on.
+   */
+  reusePort?: boolean;
+  /**
+   * This instance's name in the admin API (`instance` in `/api/v1/stats`,
+   * the `dualsocks_instance_info` metric). Default `HOSTNAME/PID`, or `PID`
+   * alone without `--allow-sys=hostname`. Set at start; a reload keeps it.
+   */
+  instance?: string;
+  /**
+   * Protected mode, brute-force lockout and session limits per client and
+   * per user (see `safety.ts`). Default: protected mode on, lockout on, no
+   * limits.
+   */
+  safety?: SafetyOptions;
 }
 
 /** A live session, as reported by {@linkcode Gateway.sessions}. */
@@ -150,10 +171,14 @@ export interface Gateway {
   readonly finished: Promise<void>;
   /** Counters since start. */
   readonly stats: GatewayStats;
+  /** Protected mode, refusals by category, lockouts and limits (`safety.ts`). */
+  readonly safety?: Safety;
   /** Start time, ms since the epoch. */
   readonly startedAt: number;
   /** `true` once {@linkcode Gateway.shutdown} has been called: not ready for new clients. */
   readonly draining: boolean;
+  /** This instance's name, e.g. `gw1.example/4242`; see {@linkcode ServeOptions.instance}. */
+  readonly instance: string;
   /** A snapshot of the live sessions, oldest first. */
   sessions(): SessionInfo[];
   /**
@@ -189,8 +214,30 @@ export interface Gateway {
   /**
    * Stops accepting, ends sessions still in their handshake, lets relays run
    * for up to `grace` ms (default 10 s), then closes what is left.
+   *
+   * With `drainDelay` (ms, default 0), readiness turns 503 at once but the
+   * listeners keep accepting and serving for that long first, so that a
+   * load balancer polling `/readyz` stops sending clients before the port
+   * closes; sessions still in their handshake or connecting when it closes
+   * are then let finish within the grace instead of being ended. A later call
+   * with a shorter grace (a second signal) also ends the drain delay.
+   *
+   * @example
+   * ```ts ignore
+   * await gateway.shutdown({ grace: 30_000, drainDelay: 2_000 });
+   * ```
    */
-  shutdown(options?: { grace?: number }): Promise<void>;
+  shutdown(options?: { grace?: number; drainDelay?: number }): Promise<void>;
+}
+
+/** `HOSTNAME/PID`, or `PID` alone when the process may not read the host name. */
+function defaultInstance(): string {
+  try {
+    if (Deno.permissions.querySync({ name: "sys", kind: "hostname" }).state === "granted") {
+      return `${Deno.hostname()}/${Deno.pid}`;
+    }
+  } catch { /* no permission API: fall back */ }
+  return String(Deno.pid);
 }
 
 /** The embedded default: loopback only, both families. */
@@ -209,6 +256,8 @@ interface Shared {
   stats: GatewayStats;
   localAddressToward: (peer: string) => string | undefined;
   handshakeDone: (id: number) => void;
+  /** Protected mode, unwanted destinations, loops, lockout, limits: one per gateway. */
+  safety: Safety;
 }
 
 function settingsFrom(options: ServeOptions, shared: Shared): Settings {
@@ -224,10 +273,17 @@ function settingsFrom(options: ServeOptions, shared: Shared): Settings {
     : options.rules.length > 0
     ? compileRules([...options.rules])
     : undefined;
+  const authenticator = options.authenticator ??
+    (options.users?.length ? staticUsers(options.users) : undefined);
+  const ruleConfigs = Array.isArray(options.rules) ? options.rules as RuleConfig[] : undefined;
+  shared.safety.configure(options.safety ?? {}, {
+    authenticated: authenticator !== undefined,
+    rules: typeof options.rules === "function" ? "hook" : ruleConfigs,
+  });
   const ctx: SessionContext = {
-    authenticator: options.authenticator ??
-      (options.users?.length ? staticUsers(options.users) : undefined),
+    authenticator,
     rules,
+    ruleConfigs,
     resolver: options.resolver ??
       (options.nameservers?.length ? nameserverResolver(options.nameservers) : systemResolver),
     family: options.family ?? "auto",
@@ -248,7 +304,7 @@ function settingsFrom(options: ServeOptions, shared: Shared): Settings {
   return {
     ctx,
     timeouts,
-    maxSessions: options.maxSessions ?? 1024,
+    maxSessions: options.maxSessions ?? 8192,
     maxHandshakes: options.maxHandshakes ?? 32,
   };
 }
@@ -281,14 +337,23 @@ export function serve(options: ServeOptions = {}): Gateway {
     )?.localAddress;
   };
   const gate = new HandshakeGate(0);
-  const shared: Shared = { stats, localAddressToward, handshakeDone: (id) => gate.release(id) };
+  const safety = new Safety(log, () => listeners.addrs);
+  const shared: Shared = {
+    stats,
+    localAddressToward,
+    handshakeDone: (id) => gate.release(id),
+    safety,
+  };
   let settings = settingsFrom(options, shared);
   gate.limit = settings.maxHandshakes;
   const startedAt = Date.now();
 
   const sessions = new LiveSet<Session>();
+  const instance = options.instance ?? defaultInstance();
   let nextId = 1;
   let stopping = false;
+  /** Readiness is 503 (set when shutdown starts; `stopping` follows the drain delay). */
+  let draining = false;
   let lastRejectLog = 0;
   let drained: (() => void) | null = null;
 
@@ -326,6 +391,7 @@ export function serve(options: ServeOptions = {}): Gateway {
 
   const finish = (s: Session) => {
     sessions.delete(s);
+    safety.release(s);
     gate.release(s.id);
     if (s.type) {
       stats.relaysByType[s.type]++;
@@ -384,6 +450,7 @@ export function serve(options: ServeOptions = {}): Gateway {
   };
 
   const listeners = new Listeners({ onConn: handle, gate, stats, log });
+  listeners.reusePort = options.reusePort ?? false;
   listeners.open(options.listen ?? DEFAULT_LISTEN, options.protocols ?? PROTOCOLS);
   const currentAddrs = () => listeners.addrs;
 
@@ -392,6 +459,7 @@ export function serve(options: ServeOptions = {}): Gateway {
       throw new Error("cannot reload: expected a running gateway, found it shutting down");
     }
     const nextSettings = settingsFrom(next, shared);
+    listeners.reusePort = next.reusePort ?? false;
     const { added, removed } = listeners.apply(
       next.listen ?? DEFAULT_LISTEN,
       next.protocols ?? PROTOCOLS,
@@ -413,6 +481,8 @@ export function serve(options: ServeOptions = {}): Gateway {
   let endGrace: (() => void) | null = null;
   /** The shortest grace any shutdown call asked for. */
   let graceLimit = Infinity;
+  /** Ends the drain delay early; set while it runs. */
+  let endDrain: (() => void) | null = null;
   const waitDrained = (ms?: number) =>
     new Promise<void>((resolve) => {
       if (sessions.size === 0) return resolve();
@@ -427,22 +497,42 @@ export function serve(options: ServeOptions = {}): Gateway {
       if (ms !== undefined) endGrace = done;
     });
 
-  const shutdown = (opts: { grace?: number } = {}): Promise<void> => {
+  const shutdown = (opts: { grace?: number; drainDelay?: number } = {}): Promise<void> => {
     const grace = opts.grace ?? 10_000;
     if (shutdownPromise) {
       // A later call with a shorter grace (a second SIGTERM) cuts the wait short.
       if (grace < graceLimit) {
         graceLimit = grace;
+        endDrain?.();
         const cut = endGrace;
         if (cut) setTimeout(cut, grace);
       }
       return shutdownPromise;
     }
     graceLimit = grace;
+    draining = true;
+    const drainDelay = opts.drainDelay ?? 0;
     shutdownPromise = (async () => {
+      if (drainDelay > 0) {
+        // Readiness is 503 now; keep serving until the balancer has noticed.
+        log.info("draining: readiness 503, still accepting for {drainDelay} ms", { drainDelay });
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(done, drainDelay);
+          function done() {
+            clearTimeout(timer);
+            endDrain = null;
+            resolve();
+          }
+          endDrain = done;
+        });
+      }
       stopping = true;
       await listeners.close();
-      for (const s of sessions.snapshot()) if (s.phase !== "relay") s.abort("shutdown");
+      // After a drain delay, a session accepted just before the close is let finish.
+      const endHandshakes = drainDelay === 0 || graceLimit === 0;
+      for (const s of sessions.snapshot()) {
+        if (s.phase !== "relay" && endHandshakes) s.abort("shutdown");
+      }
       if (sessions.size > 0) {
         log.info("waiting up to {grace} ms for {count} relays to finish", {
           grace: graceLimit,
@@ -459,16 +549,19 @@ export function serve(options: ServeOptions = {}): Gateway {
   };
 
   log.info("listening on {addrs}", { addrs: currentAddrs().map(formatAddr).join(" ") });
+  safety.explain(currentAddrs(), options.users);
   return {
     get addrs() {
       return currentAddrs();
     },
     finished,
     stats,
+    safety,
     startedAt,
     get draining() {
-      return stopping;
+      return draining;
     },
+    instance,
     sessions: () =>
       sessions.snapshot().sort((a, b) => a.id - b.id).map((s) => ({
         id: s.id,

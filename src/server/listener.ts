@@ -84,12 +84,31 @@ function clientLeft(error: unknown): boolean {
     error instanceof Deno.errors.ConnectionAborted;
 }
 
+/**
+ * True when Deno runs with `--unstable-net`, which `reusePort` needs (without
+ * it, `Deno.listen({ reusePort: true })` ends the process instead of throwing).
+ * The flag's other APIs, such as `Deno.listenDatagram`, exist only with it.
+ */
+function unstableNet(): boolean {
+  return typeof (Deno as { listenDatagram?: unknown }).listenDatagram === "function";
+}
+
 function bind(
   req: Requested,
   others: readonly { hostname: string; port: number }[] = [],
+  reusePort = false,
 ): Deno.TcpListener {
+  if (reusePort && !unstableNet()) {
+    throw new ListenError(
+      req.key,
+      "reuse_port needs Deno's --unstable-net flag; expected deno run --unstable-net " +
+        "(or deno compile --unstable-net), found it missing",
+    );
+  }
   try {
-    return Deno.listen({ hostname: req.hostname, port: req.port, transport: "tcp" });
+    return reusePort
+      ? Deno.listen({ hostname: req.hostname, port: req.port, transport: "tcp", reusePort })
+      : Deno.listen({ hostname: req.hostname, port: req.port, transport: "tcp" });
   } catch (error) {
     let reason = error instanceof Deno.errors.AddrInUse
       ? "address already in use"
@@ -164,6 +183,8 @@ export class Listeners {
   #loops = new Set<Promise<void>>();
   #stopping = false;
   #lastAcceptErrorLog = 0;
+  /** Bind with `SO_REUSEPORT` (needs `--unstable-net`): listeners bound from now on. */
+  reusePort = false;
 
   /** Creates an empty set. */
   constructor(hooks: ListenerHooks) {
@@ -186,7 +207,7 @@ export class Listeners {
     try {
       for (const entry of list) {
         const req = requested(entry, protocols);
-        const listener = bind(req, bound.map((l) => l.listener.addr));
+        const listener = bind(req, bound.map((l) => l.listener.addr), this.reusePort);
         bound.push({ listener, requested: req.key, protocols: req.protocols, closed: false });
       }
     } catch (error) {
@@ -221,7 +242,8 @@ export class Listeners {
           keptProtocols.set(existing, req.protocols);
         } else {
           const taken = [...next, ...this.#entries].map((l) => l.listener.addr);
-          const l = { listener: bind(req, taken), requested: req.key, protocols: req.protocols };
+          const listener = bind(req, taken, this.reusePort);
+          const l = { listener, requested: req.key, protocols: req.protocols };
           const entry = { ...l, closed: false };
           added.push(entry);
           next.push(entry);

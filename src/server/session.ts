@@ -13,7 +13,13 @@ import type { Slotted } from "./live_set.ts";
 import type { Credentials } from "../protocol/codec.ts";
 import { Command, Reply } from "../protocol/constants.ts";
 import type { Authenticator } from "../policy/auth.ts";
-import { combineDecisions, type RuleContext, type RuleDecision } from "../policy/rules.ts";
+import {
+  combineDecisions,
+  type RuleConfig,
+  type RuleContext,
+  type RuleDecision,
+} from "../policy/rules.ts";
+import type { Safety } from "./safety.ts";
 import { type Dialer, happyEyeballs, type RelayConn } from "./dialer.ts";
 import type { RuleCommand } from "../policy/rules.ts";
 import { ConnectTimeoutError, describeError, GatewayError, ResolveError } from "./errors.ts";
@@ -83,6 +89,10 @@ export interface SessionContext {
   handshakeDone?: (id: number) => void;
   /** The PROXY protocol: whose headers are read before the first protocol byte. */
   proxyProtocol?: ProxyProtocolPolicy;
+  /** Protected mode, unwanted destinations, loops, lockout and limits (`safety.ts`). */
+  safety?: Safety;
+  /** The rules as configured, when given as a list: explicit allows of unwanted destinations. */
+  ruleConfigs?: readonly RuleConfig[];
 }
 
 /** The state of one session, readable while it runs. */
@@ -131,6 +141,8 @@ export class Session implements RelayStats, Slotted {
    * {@linkcode ConnectTimeoutError} after it (no timer per session).
    */
   connectDeadline = 0;
+  /** The limits this session holds (`safety.ts`), released when it ends. */
+  limitKeys?: string[];
   #conns: { close(): void }[] = [];
   #controller?: AbortController;
 
@@ -215,13 +227,17 @@ export async function authenticate(
   ctx: SessionContext,
   creds: Credentials,
 ): Promise<boolean> {
-  const ok = await raceSignal(
-    Promise.resolve(ctx.authenticator!(creds, { client: s.client, signal: s.signal })),
-    s.signal,
-  );
+  const check = () =>
+    raceSignal(
+      Promise.resolve(ctx.authenticator!(creds, { client: s.client, signal: s.signal })),
+      s.signal,
+    );
+  const { ok, refused } = ctx.safety
+    ? await ctx.safety.login(s, s.signal, check)
+    : { ok: await check(), refused: undefined };
   if (!ok) {
     ctx.stats.authFailures++;
-    s.closeReason = `authentication failed for user "${creds.username}"`;
+    s.closeReason = refused ?? `authentication failed for user "${creds.username}"`;
     return false;
   }
   s.user = creds.username;
@@ -364,6 +380,7 @@ export async function destinationAddresses(
   ctx: SessionContext,
   signal: AbortSignal = s.signal,
 ): Promise<ResolvedAddress[]> {
+  admit(s, ctx);
   const literal = normalizeIp(host);
   // Rules see the requested name first; a name that only the default denies
   // may still be allowed by an address rule, so it is resolved before refusing.
@@ -383,6 +400,9 @@ export async function destinationAddresses(
         `IPv${literal.family} destinations are disabled by family policy ${ctx.family}`,
       );
     }
+    const refused = command !== "bind" &&
+      ctx.safety?.refusal(literal.host, port, { rules: ctx.ruleConfigs, decision: byName });
+    if (refused) throw refused;
     return [{ address: literal.host, family: literal.family }];
   }
   ctx.stats.dnsLookups++;
@@ -411,19 +431,54 @@ export async function destinationAddresses(
   }
   if (byName) {
     const allowed = [];
+    let unsafe: GatewayError | null = null;
     for (const a of addresses) {
       const byAddress = await decide(ctx, s, command, a.address, port, signal);
-      if (combineDecisions(byName, byAddress).action === "allow") allowed.push(a);
+      const decision = combineDecisions(byName, byAddress);
+      if (decision.action !== "allow") continue;
+      const refused = command !== "bind" &&
+        ctx.safety?.refusal(a.address, port, { rules: ctx.ruleConfigs, decision });
+      if (refused) unsafe ??= refused;
+      else allowed.push(a);
     }
     if (allowed.length === 0) {
-      throw new GatewayError(
-        Reply.NOT_ALLOWED,
-        `${host} resolves only to addresses not allowed by ruleset`,
-      );
+      throw unsafe ??
+        new GatewayError(
+          Reply.NOT_ALLOWED,
+          `${host} resolves only to addresses not allowed by ruleset`,
+        );
     }
     addresses = allowed;
+  } else if (ctx.safety && command !== "bind") {
+    // Checked after resolution; the dialer gets exactly the addresses checked here.
+    const checked = addresses.map((a) => [a, ctx.safety!.refusal(a.address, port)] as const);
+    addresses = checked.filter(([, refused]) => !refused).map(([a]) => a);
+    if (addresses.length === 0) {
+      throw new GatewayError(Reply.NOT_ALLOWED, `${host}: ${checked[0][1]!.message}`);
+    }
   }
   return addresses;
+}
+
+/**
+ * The first checks of every request, whatever its front door: protected
+ * mode (clients beyond loopback refused when nothing names them), then,
+ * once per session, the per-client and per-user session limits. Throws a
+ * {@linkcode GatewayError} (reply 2) to refuse.
+ *
+ * @example
+ * ```ts ignore
+ * admit(s, ctx); // before resolving or dialing anything for s
+ * ```
+ */
+export function admit(s: Session, ctx: SessionContext): void {
+  const safety = ctx.safety;
+  if (!safety) return;
+  safety.checkClient(s);
+  if (s.limitKeys !== undefined) return;
+  s.limitKeys = [];
+  safety.admitClient(s);
+  safety.admitUser(s);
 }
 
 function connectTarget(
@@ -433,6 +488,7 @@ function connectTarget(
   ctx: SessionContext,
 ): Promise<RelayConn> {
   return underConnectDeadline(s, ctx, async (signal) => {
+    admit(s, ctx);
     const chain = ctx.routes?.({
       client: { host: s.client.hostname, port: s.client.port },
       user: s.user,

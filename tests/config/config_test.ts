@@ -70,7 +70,7 @@ Deno.test("DEFAULT_CONFIG has the documented values", () => {
     resolver: { family: "auto", nameservers: [], happyEyeballsDelay: 250 },
     outbound: {},
     timeouts: { handshake: 10_000, connect: 10_000, idle: 300_000 },
-    limits: { maxSessions: 1024, maxHandshakes: 32 },
+    limits: { maxSessions: 8192, maxHandshakes: 32 },
     rules: [],
     shutdown: { grace: 10_000 },
     log: { format: "text", level: "info" },
@@ -320,7 +320,7 @@ Deno.test("error: unknown key, at every level", () => {
     path: "users[0].pasword",
     line: 3,
     column: 5,
-    message: /unknown key; expected one of username, password$/,
+    message: /unknown key; expected one of username, password, password_hash$/,
   });
   assertConfigError("rules:\n  - action: allow\n    port: [1]\n", {
     path: "rules[0].port",

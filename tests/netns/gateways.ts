@@ -61,6 +61,8 @@ export function dualsocksConfig(
     : [];
   return [
     `listen: ["[${ADDR.gw6}]:${port}", "${ADDR.gw4}:${port}"]`,
+    // The testbed's clients are other hosts, and no users are configured.
+    "allow_open_relay: true",
     ...out,
     "resolver:",
     `  family: ${family}`,

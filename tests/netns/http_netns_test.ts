@@ -258,7 +258,12 @@ Deno.test({
           ) {
             throw new CaseError(`the repository did not see the gateway's request:\n${repo.log}`);
           }
-          const recs = sessionLogs(gw.proc.log.slice(mark)).filter((s) => s.protocol === "http");
+          // The session lines come when apt's connections close, through the buffered log sink:
+          // one session at least for each of the two apt-get runs.
+          const httpSessions = () =>
+            sessionLogs(gw.proc.log.slice(mark)).filter((s) => s.protocol === "http");
+          await gw.proc.waitFor("the apt sessions' log lines", () => httpSessions().length >= 2);
+          const recs = httpSessions();
           if (
             recs.length === 0 ||
             recs.some((s) => s.type !== "C" || s.destination !== `${NAMES.v4}:${REPO_PORT}`)

@@ -41,6 +41,8 @@ function gateway(options: ServeOptions = {}) {
     listen: ["127.0.0.1:0", "[::1]:0"],
     logger,
     proxyProtocol: { trusted: ["127.0.0.1/32", "::1"] },
+    // The headers' sources are other hosts, and no users are configured.
+    safety: { allowOpenRelay: true },
     ...options,
   });
   return { gw, logger, v4: gatewayAddr(gw, 4), v6: gatewayAddr(gw, 6) };
@@ -348,6 +350,7 @@ Deno.test({
       listen: ["127.0.0.1:0"],
       logger,
       proxyProtocol: { trusted: ["127.0.0.1"] },
+      safety: { allowOpenRelay: true },
     });
     const dir = await Deno.makeTempDir();
     const ha = await startHaproxy(dir, gatewayAddr(gw, 4));
