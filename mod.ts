@@ -119,3 +119,5 @@ export {
   renderMetrics,
   type TypeSnapshot,
 } from "./src/admin/metrics.ts";
+export { type BandwidthLimit, TokenBucket } from "./src/policy/bandwidth.ts";
+export type { BandwidthOptions } from "./src/server/shaping.ts";

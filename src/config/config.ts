@@ -42,6 +42,7 @@ import {
 } from "../policy/rules.ts";
 
 import type { FamilyPolicy } from "../server/resolver.ts";
+import type { BandwidthLimit } from "../policy/bandwidth.ts";
 import type { Protocol } from "../server/session.ts";
 import type { RouteConfig } from "../server/routes.ts";
 import { parseGateway, redactGatewayUrl } from "../client/address.ts";
@@ -148,6 +149,8 @@ export interface Config {
     maxHandshakes: number;
     perClient?: SessionLimit;
     perUser?: SessionLimit;
+    /** Bytes a second (and burst bytes) per client address and per user, each direction. */
+    bandwidth?: { perClient?: BandwidthLimit; perUser?: BandwidthLimit };
   };
   /** Serve clients beyond loopback with no users and no `from:` rules (absent unless set). */
   allowOpenRelay?: boolean;
@@ -830,6 +833,14 @@ const SESSION_LIMIT: Check = mapping({
   rate: ["rate", nonNegativeNumber],
   burst: ["burst", nonNegativeInt],
 });
+const positiveNumber = scalar(
+  "a number above 0 (bytes a second)",
+  (v) => typeof v === "number" && Number.isFinite(v) && v > 0 ? v : null,
+);
+const BANDWIDTH: Check = mapping({
+  rate: ["rate", positiveNumber, "required"],
+  burst: ["burst", positiveInt],
+});
 const IPV6_PREFIX = scalar(
   "a prefix length from 32 to 128",
   (v) => Number.isInteger(v) && (v as number) >= 32 && (v as number) <= 128 ? v : null,
@@ -897,6 +908,10 @@ const CONFIG: Check = mapping({
       max_handshakes: ["maxHandshakes", nonNegativeInt],
       per_client: ["perClient", SESSION_LIMIT],
       per_user: ["perUser", SESSION_LIMIT],
+      bandwidth: [
+        "bandwidth",
+        mapping({ per_client: ["perClient", BANDWIDTH], per_user: ["perUser", BANDWIDTH] }),
+      ],
     }),
   ],
   allow_open_relay: ["allowOpenRelay", boolean],
@@ -1174,6 +1189,18 @@ export function configDocument(config: Config): ConfigDocument {
       max_handshakes: config.limits.maxHandshakes,
       ...(config.limits.perClient ? { per_client: { ...config.limits.perClient } } : {}),
       ...(config.limits.perUser ? { per_user: { ...config.limits.perUser } } : {}),
+      ...(config.limits.bandwidth
+        ? {
+          bandwidth: {
+            ...(config.limits.bandwidth.perClient
+              ? { per_client: { ...config.limits.bandwidth.perClient } }
+              : {}),
+            ...(config.limits.bandwidth.perUser
+              ? { per_user: { ...config.limits.bandwidth.perUser } }
+              : {}),
+          },
+        }
+        : {}),
     },
     ...(config.allowOpenRelay === undefined ? {} : { allow_open_relay: config.allowOpenRelay }),
     ...(config.lockout === undefined ? {} : { lockout: lockoutDocument(config.lockout) }),
@@ -1249,6 +1276,7 @@ export interface ConfigDocument {
     max_handshakes: number;
     per_client?: SessionLimit;
     per_user?: SessionLimit;
+    bandwidth?: { per_client?: BandwidthLimit; per_user?: BandwidthLimit };
   };
   /** Open relay knowingly, when set. */
   allow_open_relay?: boolean;

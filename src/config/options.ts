@@ -37,6 +37,7 @@ export function optionsFromConfig(config: Config): ServeOptions {
     proxyProtocol: config.proxyProtocol,
     reusePort: config.reusePort,
     instance: config.instanceName,
+    bandwidth: config.limits.bandwidth,
     safety: {
       allowOpenRelay: config.allowOpenRelay,
       lockout: config.lockout?.threshold === 0 ? false : config.lockout && {

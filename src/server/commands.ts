@@ -81,7 +81,7 @@ export async function connectCommand(c: CommandCall): Promise<Started> {
   const target = await openConnection(c.s, c.ctx, c.host, c.port);
   const local = netAddr(target.localAddr);
   await succeed(c, local.host, local.port);
-  return relayTo(c.s, c.reader.takeRest(), c.conn, target);
+  return relayTo(c.s, c.ctx, c.reader.takeRest(), c.conn, target);
 }
 
 /**
@@ -139,7 +139,7 @@ export async function bindCommand(c: CommandCall): Promise<Started> {
   s.resolved = joinHostPort(from.host, from.port);
   s.type = relayType(s.clientFamily, from.family);
   await writeAll(conn, c.replier.success(from.host, from.port));
-  return relayTo(s, c.reader.takeRest(), client, incoming);
+  return relayTo(s, ctx, c.reader.takeRest(), client, incoming);
 }
 
 /**

@@ -37,6 +37,7 @@ import {
 import { runSession } from "./front_door.ts";
 import { Safety, type SafetyOptions } from "./safety.ts";
 import { compileProxyProtocol } from "./proxy_header.ts";
+import { type BandwidthOptions, Shaping } from "./shaping.ts";
 import { formatAddr, type ListenAddress, Listeners, type Listening } from "./listener.ts";
 
 export { type ListenAddress, ListenError } from "./listener.ts";
@@ -101,6 +102,12 @@ export interface ServeOptions {
    * served as usual, and closed if they send a header. Default off.
    */
   proxyProtocol?: { trusted: readonly string[] };
+  /**
+   * Bandwidth per client address and per user, in bytes a second with a
+   * burst, each direction limited on its own; a relay over it is slowed, not
+   * closed. A reload starts the buckets afresh. Default none.
+   */
+  bandwidth?: BandwidthOptions;
   /** Maximum concurrent sessions; further clients are closed at once. Default 8192 (2 fds a relay). */
   maxSessions?: number;
   /**
@@ -294,6 +301,9 @@ function settingsFrom(options: ServeOptions, shared: Shared): Settings {
     bind: options.bind,
     udp: options.udp,
     proxyProtocol: compileProxyProtocol(options.proxyProtocol),
+    shaping: options.bandwidth?.perClient || options.bandwidth?.perUser
+      ? new Shaping(options.bandwidth)
+      : undefined,
     routes: typeof options.routes === "function"
       ? options.routes
       : options.routes?.length

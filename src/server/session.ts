@@ -27,6 +27,7 @@ import { relay, type RelayStats } from "./relay.ts";
 import type { BindServerOptions } from "./bind.ts";
 import type { UdpServerOptions } from "./udp.ts";
 import type { ProxyProtocolPolicy } from "./proxy_header.ts";
+import type { Shaping } from "./shaping.ts";
 import { connectVia, describeChain, type RouteTable } from "./routes.ts";
 import { type CommandName, type GatewayStats, observe } from "./stats.ts";
 import {
@@ -87,6 +88,8 @@ export interface SessionContext {
   localAddressToward?: (peer: string) => string | undefined;
   /** Called once the session has sent its (first) success reply. */
   handshakeDone?: (id: number) => void;
+  /** Bandwidth limits per client address and per user, for the relays. */
+  shaping?: Shaping;
   /** The PROXY protocol: whose headers are read before the first protocol byte. */
   proxyProtocol?: ProxyProtocolPolicy;
   /** Protected mode, unwanted destinations, loops, lockout and limits (`safety.ts`). */
@@ -263,22 +266,25 @@ export function requested(s: Session, ctx: SessionContext, command: number, dest
  */
 export function relayTo(
   s: Session,
+  ctx: Pick<SessionContext, "shaping">,
   early: Uint8Array,
   client: RelayConn,
   peer: RelayConn,
 ): Started {
   s.phase = "relay";
+  const shaped = ctx.shaping?.acquire(s.client.hostname, s.user);
   s.lastActive = performance.now(); // idle time counts from here, not from accept
   const ready = early.length === 0 ? Promise.resolve() : writeAll(peer, early).then(() => {
     s.bytesUp += early.length;
   });
   const relaying = ready
-    .then(() => relay(client, peer, s, (why) => s.abort(why)))
+    .then(() => relay(client, peer, s, (why) => s.abort(why), shaped?.limits))
     .then((reason) => {
       s.closeReason ??= reason;
     }, (error) => {
       s.closeReason ??= describeError(error);
-    });
+    })
+    .finally(() => shaped?.release());
   return { relaying };
 }
 
