@@ -6,7 +6,7 @@
  * Skipped (one printed line) when danted is not installed, unless
  * DUALSOCKS_REQUIRE_NETNS=1.
  */
-import { checkNetnsSupport, createTopology, ignoreUnlessSupported } from "./topology.ts";
+import { checkNetnsSupport, testbedTest } from "./topology.ts";
 import { startDante } from "./gateways.ts";
 import { clientCaseSteps } from "./cases.ts";
 
@@ -20,23 +20,7 @@ const SUPPORT = await checkNetnsSupport([
 ]);
 const NAME = "netns e2e: Dante (independent SOCKS5 server) as the gateway, types A-D";
 
-Deno.test({
-  name: NAME,
-  ignore: ignoreUnlessSupported(NAME, SUPPORT),
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn(t) {
-    if (!SUPPORT.ok) {
-      throw new Error(
-        `DUALSOCKS_REQUIRE_NETNS=1 but the netns suite cannot run: ${SUPPORT.reason}`,
-      );
-    }
-    const topo = await createTopology();
-    try {
-      const gw = await startDante(topo, 1080);
-      await clientCaseSteps(t, topo, gw);
-    } finally {
-      await topo.teardown();
-    }
-  },
+testbedTest(NAME, SUPPORT, async (t, topo) => {
+  const gw = await startDante(topo, 1080);
+  await clientCaseSteps(t, topo, gw);
 });

@@ -9,11 +9,9 @@
 import {
   ADDR,
   checkNetnsSupport,
-  createTopology,
-  ignoreUnlessSupported,
   NAMES,
   type NetnsSupport,
-  run,
+  testbedTest,
   type Topology,
 } from "./topology.ts";
 import {
@@ -72,153 +70,131 @@ const POLICY_PORTS: Record<FamilyPolicy, number> = {
   "ipv6-only": 1084,
 };
 
-Deno.test({
-  name: NAME,
-  ignore: ignoreUnlessSupported(NAME, SUPPORT),
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn(t) {
-    if (!SUPPORT.ok) {
-      throw new Error(
-        `DUALSOCKS_REQUIRE_NETNS=1 but the netns suite cannot run: ${SUPPORT.reason}`,
-      );
-    }
-    // The gateway runs with --cached-only inside a namespace that has no route
-    // out, so its npm dependencies must be in the cache first (a no-op when they are).
-    const cached = await run(null, ["deno", "cache", "--quiet", MAIN_TS], { timeoutMs: 180_000 });
-    if (!cached.success) {
-      throw new Error(`deno cache ${MAIN_TS} failed (${cached.code}):\n${cached.stderr}`);
-    }
-    const topo = await createTopology();
-    try {
-      await step(
-        t,
-        "topology: single-family clients, no route and no DNS to any destination",
-        60_000,
-        () => caseIsolation(topo),
-      );
+testbedTest(NAME, SUPPORT, async (t, topo) => {
+  await step(
+    t,
+    "topology: single-family clients, no route and no DNS to any destination",
+    60_000,
+    () => caseIsolation(topo),
+  );
 
-      await step(
-        t,
-        "gateway starts with the documented permissions (--allow-net --allow-read=CFG)",
-        40_000,
-        async () => {
-          const gw = await startDualsocks(topo, { port: 1079, flags: documentedFlags });
-          await gw.proc.stop();
-        },
-      );
+  await step(
+    t,
+    "gateway starts with the documented permissions (--allow-net --allow-read=CFG)",
+    40_000,
+    async () => {
+      const gw = await startDualsocks(topo, { port: 1079, flags: documentedFlags });
+      await gw.proc.stop();
+    },
+  );
 
-      const gws = {} as Record<FamilyPolicy, Gateway>;
-      const started = await step(t, "start one gateway per family policy", 60_000, async () => {
-        const all = await Promise.all(
-          (Object.entries(POLICY_PORTS) as [FamilyPolicy, number][]).map(([family, port]) =>
-            startDualsocks(topo, { port, family })
-          ),
-        );
-        for (const g of all) gws[g.label.match(/\((\S+),/)![1] as FamilyPolicy] = g;
+  const gws = {} as Record<FamilyPolicy, Gateway>;
+  const started = await step(t, "start one gateway per family policy", 60_000, async () => {
+    const all = await Promise.all(
+      (Object.entries(POLICY_PORTS) as [FamilyPolicy, number][]).map(([family, port]) =>
+        startDualsocks(topo, { port, family })
+      ),
+    );
+    for (const g of all) gws[g.label.match(/\((\S+),/)![1] as FamilyPolicy] = g;
+  });
+  if (!started) return;
+  const gw = gws["auto"];
+
+  await clientCaseSteps(t, topo, gw);
+  // Not a check (it cannot fail): a note in the output on whether Deno's
+  // fetch still refuses a bracketed IPv6 proxy URL.
+  await noteDenoBracketedProxy(topo, gw);
+  await step(
+    t,
+    "types B, C: our socksify (fake-IP name delegation), unmodified Deno.resolveDns + Deno.connect",
+    90_000,
+    () => caseSocksify(topo, gw),
+  );
+  await step(
+    t,
+    "unresolvable name: reply 4 (host unreachable), from both clients",
+    30_000,
+    () => caseUnresolvable(topo, gw),
+  );
+  await step(
+    t,
+    "no route from the gateway to the destination: reply 3 (network unreachable)",
+    30_000,
+    () => caseNoRoute(topo, gw),
+  );
+  await step(
+    t,
+    "a client from another host cannot reach the gateway's own loopback: reply 2",
+    30_000,
+    () => caseLoopbackRefused(topo, gw),
+  );
+  await step(
+    t,
+    "dual.test (A + AAAA) follows the family policy",
+    60_000,
+    () => caseFamilyPolicy(topo, gws),
+  );
+  await step(
+    t,
+    "UDP ASSOCIATE type C: DNS query from the IPv6-only client to a DNS server in d4",
+    90_000,
+    async () => caseUdpDns(topo, gw, await topo.startDestinationDns()),
+  );
+  await step(
+    t,
+    "UDP ASSOCIATE: one peer addressed by literal, name, literal is answered the same way",
+    40_000,
+    async () => {
+      console.log(`  ${await checkUdpLabels(topo, gw)}`);
+    },
+  );
+  await step(
+    t,
+    "BIND without an address of the peer's family: reply 1 naming what is missing",
+    40_000,
+    async () => {
+      await caseBindNoAddress(topo, gw, "c6", "d4");
+      await caseBindNoAddress(topo, gw, "c4", "d6");
+    },
+  );
+  await step(
+    t,
+    "BIND types C, B: on the live relay's address (FTP style), peer connects, data both ways",
+    90_000,
+    () =>
+      caseBinds(topo, gw, [
+        { client: "c6", dest: "d4", type: "C", liveRelay: true, stranger: true },
+        { client: "c4", dest: "d6", type: "B", liveRelay: true, stranger: true },
+      ]),
+  );
+  await step(
+    t,
+    "BIND types C, B: on outbound.ipv4/ipv6 (no live relay); a client that gives up frees the listener",
+    90_000,
+    async () => {
+      const out = await startDualsocks(topo, {
+        port: 1085,
+        outbound: { ipv4: ADDR.gwToD4, ipv6: ADDR.gwToD6 },
       });
-      if (!started) return;
-      const gw = gws["auto"];
-
-      await clientCaseSteps(t, topo, gw);
-      // Not a check (it cannot fail): a note in the output on whether Deno's
-      // fetch still refuses a bracketed IPv6 proxy URL.
-      await noteDenoBracketedProxy(topo, gw);
-      await step(
-        t,
-        "types B, C: our socksify (fake-IP name delegation), unmodified Deno.resolveDns + Deno.connect",
-        90_000,
-        () => caseSocksify(topo, gw),
-      );
-      await step(
-        t,
-        "unresolvable name: reply 4 (host unreachable), from both clients",
-        30_000,
-        () => caseUnresolvable(topo, gw),
-      );
-      await step(
-        t,
-        "no route from the gateway to the destination: reply 3 (network unreachable)",
-        30_000,
-        () => caseNoRoute(topo, gw),
-      );
-      await step(
-        t,
-        "a client from another host cannot reach the gateway's own loopback: reply 2",
-        30_000,
-        () => caseLoopbackRefused(topo, gw),
-      );
-      await step(
-        t,
-        "dual.test (A + AAAA) follows the family policy",
-        60_000,
-        () => caseFamilyPolicy(topo, gws),
-      );
-      await step(
-        t,
-        "UDP ASSOCIATE type C: DNS query from the IPv6-only client to a DNS server in d4",
-        90_000,
-        async () => caseUdpDns(topo, gw, await topo.startDestinationDns()),
-      );
-      await step(
-        t,
-        "UDP ASSOCIATE: one peer addressed by literal, name, literal is answered the same way",
-        40_000,
-        async () => {
-          console.log(`  ${await checkUdpLabels(topo, gw)}`);
-        },
-      );
-      await step(
-        t,
-        "BIND without an address of the peer's family: reply 1 naming what is missing",
-        40_000,
-        async () => {
-          await caseBindNoAddress(topo, gw, "c6", "d4");
-          await caseBindNoAddress(topo, gw, "c4", "d6");
-        },
-      );
-      await step(
-        t,
-        "BIND types C, B: on the live relay's address (FTP style), peer connects, data both ways",
-        90_000,
-        () =>
-          caseBinds(topo, gw, [
-            { client: "c6", dest: "d4", type: "C", liveRelay: true, stranger: true },
-            { client: "c4", dest: "d6", type: "B", liveRelay: true, stranger: true },
-          ]),
-      );
-      await step(
-        t,
-        "BIND types C, B: on outbound.ipv4/ipv6 (no live relay); a client that gives up frees the listener",
-        90_000,
-        async () => {
-          const out = await startDualsocks(topo, {
-            port: 1085,
-            outbound: { ipv4: ADDR.gwToD4, ipv6: ADDR.gwToD6 },
-          });
-          try {
-            await caseBinds(topo, out, [
-              { client: "c6", dest: "d4", type: "C", liveRelay: false },
-              { client: "c4", dest: "d6", type: "B", liveRelay: false },
-            ]);
-            await caseBindGiveUp(topo, out, "c6", "d4");
-            await caseBindGiveUp(topo, out, "c4", "d6");
-          } finally {
-            await out.proc.stop();
-          }
-        },
-      );
-      await step(
-        t,
-        "Happy Eyeballs: one destination family silently down, the other one connects",
-        120_000,
-        () => caseHappyEyeballs(topo, gws),
-      );
-    } finally {
-      await topo.teardown();
-    }
-  },
-});
+      try {
+        await caseBinds(topo, out, [
+          { client: "c6", dest: "d4", type: "C", liveRelay: false },
+          { client: "c4", dest: "d6", type: "B", liveRelay: false },
+        ]);
+        await caseBindGiveUp(topo, out, "c6", "d4");
+        await caseBindGiveUp(topo, out, "c4", "d6");
+      } finally {
+        await out.proc.stop();
+      }
+    },
+  );
+  await step(
+    t,
+    "Happy Eyeballs: one destination family silently down, the other one connects",
+    120_000,
+    () => caseHappyEyeballs(topo, gws),
+  );
+}, { cache: [MAIN_TS] });
 
 async function caseUnresolvable(topo: Topology, gw: Gateway) {
   for (const client of ["c4", "c6"] as const) {

@@ -8,10 +8,9 @@
 import {
   ADDR,
   checkNetnsSupport,
-  createTopology,
-  ignoreUnlessSupported,
   isListening,
   NAMES,
+  testbedTest,
   type Topology,
 } from "./topology.ts";
 import { documentedFlags, MAIN_TS } from "./gateways.ts";
@@ -72,83 +71,67 @@ function through(topo: Topology, who: Client | "gw", port: number, login?: strin
   ]);
 }
 
-Deno.test({
-  name: NAME,
-  ignore: ignoreUnlessSupported(NAME, SUPPORT),
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn(t) {
-    if (!SUPPORT.ok) {
-      throw new Error(
-        `DUALSOCKS_REQUIRE_NETNS=1 but the netns suite cannot run: ${SUPPORT.reason}`,
-      );
-    }
-    const topo = await createTopology();
-    try {
-      await step(
-        t,
-        "no users, no from: rules: remote clients refused, loopback served",
-        60_000,
-        async () => {
-          const gw = await startOpen(topo, 1095, []);
-          if (!/protected mode: .*allow_open_relay: true/.test(gw.log)) {
-            throw new CaseError(`no startup explanation in the log:\n${gw.log}`);
-          }
-          for (const client of ["c4", "c6"] as const) {
-            const r = await through(topo, client, 1095);
-            // curl 97: the SOCKS5 server refused (reply 2, not allowed by ruleset).
-            if (r.success || r.code !== 97) {
-              throw new CaseError(
-                `${client}: expected a refusal (curl 97), found exit ${r.code}: ${r.stdout}`,
-              );
-            }
-          }
-          const local = await through(topo, "gw", 1095);
-          if (!local.success) throw new CaseError(`loopback client refused: ${local.stderr}`);
-          expectPeer(parsePeer(local.stdout, local), "d6", "gw loopback");
-          // Log lines may arrive after the answers: wait for the warning, then count.
-          await gw.waitFor(
-            "the protected-mode warning",
-            () => gw.log.includes("refused client"),
-            10_000,
+testbedTest(NAME, SUPPORT, async (t, topo) => {
+  await step(
+    t,
+    "no users, no from: rules: remote clients refused, loopback served",
+    60_000,
+    async () => {
+      const gw = await startOpen(topo, 1095, []);
+      if (!/protected mode: .*allow_open_relay: true/.test(gw.log)) {
+        throw new CaseError(`no startup explanation in the log:\n${gw.log}`);
+      }
+      for (const client of ["c4", "c6"] as const) {
+        const r = await through(topo, client, 1095);
+        // curl 97: the SOCKS5 server refused (reply 2, not allowed by ruleset).
+        if (r.success || r.code !== 97) {
+          throw new CaseError(
+            `${client}: expected a refusal (curl 97), found exit ${r.code}: ${r.stdout}`,
           );
-          const warnings = gw.log.split("\n").filter((l) => l.includes("refused client"));
-          if (warnings.length !== 1) {
-            throw new CaseError(`expected one warning a minute, found ${warnings.length}`);
-          }
-          await gw.stop();
-        },
-      );
-      await step(t, "with users: every client that logs in is served", 60_000, async () => {
-        const gw = await startOpen(topo, 1096, [
-          "users:",
-          "  - { username: alice, password: s3cret }",
-        ]);
-        for (const who of ["c4", "c6", "gw"] as const) {
-          const r = await through(topo, who, 1096, "alice:s3cret");
-          if (!r.success) throw new CaseError(`${who}: ${r.stderr}`);
-          expectPeer(parsePeer(r.stdout, r), who === "c6" ? "d4" : "d6", who);
-          const anonymous = await through(topo, who, 1096);
-          if (anonymous.success) throw new CaseError(`${who}: served without a login`);
         }
-        await gw.stop();
-      });
-      await step(t, "with from: rules: the clients they name are served", 60_000, async () => {
-        const gw = await startOpen(topo, 1097, [
-          "rules:",
-          `  - { action: allow, from: ["${ADDR.c4}/32", "127.0.0.0/8"] }`,
-        ]);
-        const c4 = await through(topo, "c4", 1097);
-        if (!c4.success) throw new CaseError(`c4: ${c4.stderr}`);
-        expectPeer(parsePeer(c4.stdout, c4), "d6", "c4");
-        const c6 = await through(topo, "c6", 1097);
-        if (c6.success) throw new CaseError("c6 is not named by the rules, yet was served");
-        const local = await through(topo, "gw", 1097);
-        if (!local.success) throw new CaseError(`loopback: ${local.stderr}`);
-        await gw.stop();
-      });
-    } finally {
-      await topo.teardown();
+      }
+      const local = await through(topo, "gw", 1095);
+      if (!local.success) throw new CaseError(`loopback client refused: ${local.stderr}`);
+      expectPeer(parsePeer(local.stdout, local), "d6", "gw loopback");
+      // Log lines may arrive after the answers: wait for the warning, then count.
+      await gw.waitFor(
+        "the protected-mode warning",
+        () => gw.log.includes("refused client"),
+        10_000,
+      );
+      const warnings = gw.log.split("\n").filter((l) => l.includes("refused client"));
+      if (warnings.length !== 1) {
+        throw new CaseError(`expected one warning a minute, found ${warnings.length}`);
+      }
+      await gw.stop();
+    },
+  );
+  await step(t, "with users: every client that logs in is served", 60_000, async () => {
+    const gw = await startOpen(topo, 1096, [
+      "users:",
+      "  - { username: alice, password: s3cret }",
+    ]);
+    for (const who of ["c4", "c6", "gw"] as const) {
+      const r = await through(topo, who, 1096, "alice:s3cret");
+      if (!r.success) throw new CaseError(`${who}: ${r.stderr}`);
+      expectPeer(parsePeer(r.stdout, r), who === "c6" ? "d4" : "d6", who);
+      const anonymous = await through(topo, who, 1096);
+      if (anonymous.success) throw new CaseError(`${who}: served without a login`);
     }
-  },
+    await gw.stop();
+  });
+  await step(t, "with from: rules: the clients they name are served", 60_000, async () => {
+    const gw = await startOpen(topo, 1097, [
+      "rules:",
+      `  - { action: allow, from: ["${ADDR.c4}/32", "127.0.0.0/8"] }`,
+    ]);
+    const c4 = await through(topo, "c4", 1097);
+    if (!c4.success) throw new CaseError(`c4: ${c4.stderr}`);
+    expectPeer(parsePeer(c4.stdout, c4), "d6", "c4");
+    const c6 = await through(topo, "c6", 1097);
+    if (c6.success) throw new CaseError("c6 is not named by the rules, yet was served");
+    const local = await through(topo, "gw", 1097);
+    if (!local.success) throw new CaseError(`loopback: ${local.stderr}`);
+    await gw.stop();
+  });
 });

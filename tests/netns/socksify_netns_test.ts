@@ -20,14 +20,12 @@
 import {
   ADDR,
   checkNetnsSupport,
-  createTopology,
-  ignoreUnlessSupported,
   isListening,
   must,
   NAMES,
   type NetnsSupport,
-  run,
   type RunResult,
+  testbedTest,
   type Topology,
 } from "./topology.ts";
 import { type Gateway, MAIN_TS, startDante, startDualsocks } from "./gateways.ts";
@@ -291,75 +289,52 @@ async function caseLib(topo: Topology, label: string, via: string[], firstGw: Ga
   );
 }
 
-Deno.test({
-  name: NAME,
-  ignore: ignoreUnlessSupported(NAME, SUPPORT),
-  sanitizeOps: false,
-  sanitizeResources: false,
-  async fn(t) {
-    if (!SUPPORT.ok) {
-      throw new Error(
-        `DUALSOCKS_REQUIRE_NETNS=1 but the socksify netns suite cannot run: ${SUPPORT.reason}`,
-      );
-    }
-    // Everything runs --cached-only in namespaces without a route out.
-    for (const entry of [MAIN_TS, CLIENT, APPS_SERVER]) {
-      const cached = await run(null, ["deno", "cache", "--quiet", entry], { timeoutMs: 180_000 });
-      if (!cached.success) {
-        throw new Error(`deno cache ${entry} failed (${cached.code}):\n${cached.stderr}`);
-      }
-    }
-    const topo = await createTopology();
-    try {
-      const certs = await makeCerts(topo.tmpDir);
-      const apps = topo.spawn("apps-d4", "d4", [
-        "deno",
-        "run",
-        "--cached-only",
-        "--allow-net",
-        `--allow-read=${certs.cert},${certs.key}`,
-        APPS_SERVER,
-        "d4",
-        ADDR.d4,
-        String(WS_PORT),
-        String(TLS_PORT),
-        certs.cert,
-        certs.key,
-      ]);
-      await apps.waitFor(
-        "apps servers",
-        async () =>
-          await isListening(topo.ns.d4, "tcp", ADDR.d4, WS_PORT) &&
-          await isListening(topo.ns.d4, "tcp", ADDR.d4, TLS_PORT),
-        30_000,
-      );
-      await startPostgres(topo);
-      const gw = await startDualsocks(topo, { port: 1080 });
-      const dante = await startDante(topo, 1090);
-      await step(
-        t,
-        "type C: unmodified fetch, WebSocket, npm pg and node:https under socksify reach d4 by name",
-        60_000,
-        () => caseApps(topo, gw, certs.ca),
-      );
-      await step(
-        t,
-        "connect({ hostname, port }) through Dante",
-        45_000,
-        () => caseLib(topo, "Dante", [`socks5://${dante.proxy6}`], null),
-      );
-      await step(
-        t,
-        "connect({ hostname, port }) through a chain across families: dualsocks on IPv6, then Dante on IPv4",
-        45_000,
-        () =>
-          caseLib(topo, "dualsocks [IPv6] -> Dante [IPv4]", [
-            `socks5://${gw.proxy6}`,
-            `socks5://${dante.proxy4}`,
-          ], gw),
-      );
-    } finally {
-      await topo.teardown();
-    }
-  },
-});
+testbedTest(NAME, SUPPORT, async (t, topo) => {
+  const certs = await makeCerts(topo.tmpDir);
+  const apps = topo.spawn("apps-d4", "d4", [
+    "deno",
+    "run",
+    "--cached-only",
+    "--allow-net",
+    `--allow-read=${certs.cert},${certs.key}`,
+    APPS_SERVER,
+    "d4",
+    ADDR.d4,
+    String(WS_PORT),
+    String(TLS_PORT),
+    certs.cert,
+    certs.key,
+  ]);
+  await apps.waitFor(
+    "apps servers",
+    async () =>
+      await isListening(topo.ns.d4, "tcp", ADDR.d4, WS_PORT) &&
+      await isListening(topo.ns.d4, "tcp", ADDR.d4, TLS_PORT),
+    30_000,
+  );
+  await startPostgres(topo);
+  const gw = await startDualsocks(topo, { port: 1080 });
+  const dante = await startDante(topo, 1090);
+  await step(
+    t,
+    "type C: unmodified fetch, WebSocket, npm pg and node:https under socksify reach d4 by name",
+    60_000,
+    () => caseApps(topo, gw, certs.ca),
+  );
+  await step(
+    t,
+    "connect({ hostname, port }) through Dante",
+    45_000,
+    () => caseLib(topo, "Dante", [`socks5://${dante.proxy6}`], null),
+  );
+  await step(
+    t,
+    "connect({ hostname, port }) through a chain across families: dualsocks on IPv6, then Dante on IPv4",
+    45_000,
+    () =>
+      caseLib(topo, "dualsocks [IPv6] -> Dante [IPv4]", [
+        `socks5://${gw.proxy6}`,
+        `socks5://${dante.proxy4}`,
+      ], gw),
+  );
+}, { cache: [MAIN_TS, CLIENT, APPS_SERVER] });

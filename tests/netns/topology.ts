@@ -761,3 +761,42 @@ if (import.meta.main) {
   console.log("Ctrl-C to tear down");
   await new Promise(() => {});
 }
+
+/**
+ * Registers a testbed test: skipped (or, under DUALSOCKS_REQUIRE_NETNS=1,
+ * failed) when namespaces cannot run; otherwise caches `cache` (the scripts
+ * that will run --cached-only in namespaces without a route out), builds a
+ * fresh topology, runs `body`, and tears the topology down even when it fails.
+ */
+export function testbedTest(
+  name: string,
+  support: NetnsSupport,
+  body: (t: Deno.TestContext, topo: Topology) => Promise<void>,
+  options: { cache?: readonly string[] } = {},
+): void {
+  Deno.test({
+    name,
+    ignore: ignoreUnlessSupported(name, support),
+    sanitizeOps: false,
+    sanitizeResources: false,
+    async fn(t) {
+      if (!support.ok) {
+        throw new Error(`DUALSOCKS_REQUIRE_NETNS=1 but ${name} cannot run: ${support.reason}`);
+      }
+      for (const entry of options.cache ?? []) {
+        const cached = await run(null, ["deno", "cache", "--quiet", entry], {
+          timeoutMs: 180_000,
+        });
+        if (!cached.success) {
+          throw new Error(`deno cache ${entry} failed (${cached.code}):\n${cached.stderr}`);
+        }
+      }
+      const topo = await createTopology();
+      try {
+        await body(t, topo);
+      } finally {
+        await topo.teardown();
+      }
+    },
+  });
+}

@@ -99,7 +99,7 @@ Deno.test("http head: CONNECT authority-form with names, IPv4 and IPv6", () => {
       "2001:db8::1:443",
       "[2001:db8::1]",
       "[2001:db8::zz]:443",
-      "[fe80::1%25eth0]:443",
+      "[2001:db8::1%25eth0]:443",
       "http://a.test:443",
       "/x",
       "a.test:44x",
