@@ -32,10 +32,17 @@ export interface BufferedSinkOptions {
   formatter?: (record: LogRecord) => string;
   /** Milliseconds a record may wait for its batch; default 100. */
   flushInterval?: number;
-  /** Characters queued that start a write before the timer; default 64 Ki. */
+  /** Bytes queued that start a write before the timer; default 64 Ki. */
   batchSize?: number;
-  /** Characters queued or being written beyond which records are dropped; default 1 Mi. */
+  /** Bytes queued or being written beyond which records are dropped; default 1 Mi. */
   maxBuffered?: number;
+}
+
+/** Newlines in `bytes`: the records they hold. */
+function countLines(bytes: Uint8Array): number {
+  let n = 0;
+  for (let i = 0; i < bytes.length; i++) if (bytes[i] === 10) n++;
+  return n;
 }
 
 /** A LogTape sink that writes in batches; see {@linkcode bufferedSink}. */
@@ -83,8 +90,17 @@ export function bufferedSink(writer: LogWriter, options: BufferedSinkOptions = {
   const batchSize = options.batchSize ?? 64 * 1024;
   const maxBuffered = options.maxBuffered ?? 1024 * 1024;
   const encoder = new TextEncoder();
-  let queue: string[] = [];
-  /** Characters queued plus those being written. */
+  // Lines are encoded into byte chunks as they are logged, so that a
+  // queued line is no JavaScript string waiting for its batch: strings that
+  // wait 100 ms outlive the young generation and cost old-generation
+  // collections; bytes in a chunk cost nothing to the collector.
+  const chunkSize = Math.max(4096, Math.min(batchSize, 64 * 1024));
+  const spare: Uint8Array<ArrayBuffer>[] = [];
+  let chunk: Uint8Array<ArrayBuffer> = new Uint8Array(chunkSize);
+  let used = 0;
+  /** Filled chunks (or parts of them) waiting for the writer, in order. */
+  let queue: Uint8Array[] = [];
+  /** Bytes queued (in `queue` and `chunk`) plus those being written. */
   let buffered = 0;
   let dropped = 0;
   let reported = 0;
@@ -102,28 +118,56 @@ export function bufferedSink(writer: LogWriter, options: BufferedSinkOptions = {
       properties: { count },
     });
 
+  /** Moves the bytes of the current chunk to the queue. */
+  const seal = (): void => {
+    if (used === 0) return;
+    queue.push(chunk.subarray(0, used));
+    chunk = spare.pop() ?? new Uint8Array(chunkSize);
+    used = 0;
+  };
+
+  /** Appends `line` to the current chunk (a line too long for one gets its own). */
+  const append = (line: string): number => {
+    if (used + line.length * 3 > chunkSize) {
+      seal();
+      if (line.length * 3 > chunkSize) {
+        const bytes = encoder.encode(line);
+        queue.push(bytes);
+        return bytes.length;
+      }
+    }
+    const { written } = encoder.encodeInto(line, chunk.subarray(used));
+    used += written;
+    return written;
+  };
+
   const writeAll = async (data: Uint8Array): Promise<void> => {
     for (let off = 0; off < data.length;) off += await writer.write(data.subarray(off));
   };
 
   const drain = async (): Promise<void> => {
+    seal();
     while (queue.length > 0) {
       const batch = queue;
       queue = [];
-      let text = batch.join("");
-      const size = text.length;
       if (dropped > reported) {
-        text += droppedNotice(dropped - reported);
+        batch.push(encoder.encode(droppedNotice(dropped - reported)));
+        buffered += batch[batch.length - 1].length;
         reported = dropped;
       }
-      try {
-        if (!broken) await writeAll(encoder.encode(text));
-        else dropped += batch.length;
-      } catch {
-        broken = true; // the output is gone: count, do not retry per batch
-        dropped += batch.length;
+      for (const bytes of batch) {
+        try {
+          if (!broken) await writeAll(bytes);
+        } catch {
+          broken = true; // the output is gone: count, do not retry per batch
+        }
+        if (broken) dropped += countLines(bytes);
+        buffered -= bytes.length;
+        if (bytes.buffer.byteLength === chunkSize && spare.length < 4) {
+          spare.push(new Uint8Array(bytes.buffer as ArrayBuffer));
+        }
       }
-      buffered -= size;
+      seal();
     }
   };
 
@@ -151,8 +195,7 @@ export function bufferedSink(writer: LogWriter, options: BufferedSinkOptions = {
       dropped++;
       return;
     }
-    queue.push(line);
-    buffered += line.length;
+    buffered += append(line);
     if (writing) return; // the running write takes it with the next batch
     if (buffered >= batchSize || record.level === "error" || record.level === "fatal") {
       start();
@@ -165,9 +208,11 @@ export function bufferedSink(writer: LogWriter, options: BufferedSinkOptions = {
   Object.defineProperty(sink, "dropped", { get: () => dropped });
   sink.flush = async () => {
     // Say what was dropped even when nothing else is left to write.
-    if (dropped > reported && !broken && queue.length === 0) queue.push("");
+    if (dropped > reported && !broken && queue.length === 0 && used === 0) {
+      queue.push(new Uint8Array(0));
+    }
     // A write in progress, then what was queued meanwhile.
-    while (writing || queue.length > 0) await start();
+    while (writing || queue.length > 0 || used > 0) await start();
   };
   sink[Symbol.asyncDispose] = () => sink.flush();
   return sink satisfies Sink;
