@@ -180,7 +180,12 @@ function categoryOf(
  */
 export function classifyDestination(host: string): UnwantedDestination | null {
   const ip = unwrap(host);
-  if (!ip) return null;
+  return ip && unwantedOf(ip);
+}
+
+function unwantedOf(
+  ip: { host: string; family: Family; bytes: Uint8Array },
+): UnwantedDestination | null {
   const category = categoryOf(ip);
   if (!category) return null;
   const shown = ip.family === 6 ? `[${ip.host}]` : ip.host;
@@ -190,6 +195,26 @@ export function classifyDestination(host: string): UnwantedDestination | null {
     reason: `${shown} is ${DESCRIPTIONS[category]}, refused by default; ` +
       `to allow it, add a rule with action: allow and a to: CIDR that contains it`,
   };
+}
+
+/**
+ * {@linkcode unwrapIp} and {@linkcode classifyDestination} in one pass,
+ * for the check every request goes through: the address as policy sees it,
+ * and why it is unwanted (`null` when it is an ordinary address). `null`
+ * for a name.
+ *
+ * @example
+ * ```ts
+ * import { inspectDestination } from "./destinations.ts";
+ * inspectDestination("[::ffff:169.254.169.254]")?.unwanted?.category; // "metadata"
+ * inspectDestination("192.0.2.1"); // { host: "192.0.2.1", family: 4, unwanted: null }
+ * ```
+ */
+export function inspectDestination(
+  host: string,
+): { host: string; family: Family; unwanted: UnwantedDestination | null } | null {
+  const ip = unwrap(host);
+  return ip && { host: ip.host, family: ip.family, unwanted: unwantedOf(ip) };
 }
 
 /**

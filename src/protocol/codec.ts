@@ -321,8 +321,15 @@ export function encodeGreeting(greeting: Greeting): Uint8Array {
 
 /** Encodes the server's method selection `VER METHOD`. */
 export function encodeMethodSelection(method: number): Uint8Array {
-  return Uint8Array.of(SOCKS_VERSION, method);
+  return SELECTIONS[method] ?? Uint8Array.of(SOCKS_VERSION, method);
 }
+
+/** The common answers, made once (a write never changes its bytes). */
+const SELECTIONS: Record<number, Uint8Array> = {
+  [0x00]: Uint8Array.of(SOCKS_VERSION, 0x00),
+  [0x02]: Uint8Array.of(SOCKS_VERSION, 0x02),
+  [0xff]: Uint8Array.of(SOCKS_VERSION, 0xff),
+};
 
 /** Encodes RFC 1929 credentials. */
 export function encodeCredentials(credentials: Credentials): Uint8Array {

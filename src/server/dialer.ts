@@ -227,7 +227,8 @@ export function happyEyeballs(
       signal,
       localAddress: a.family === 4 ? localAddress?.ipv4 : localAddress?.ipv6,
     });
-    return raceConnection(attempt, signal);
+    // The default dialer gives its signal to the connect itself: no race needed.
+    return dial === defaultDialer ? attempt : raceConnection(attempt, signal);
   }
   return new Promise((resolve, reject) => {
     const attempts: AbortController[] = [];

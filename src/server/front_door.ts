@@ -75,26 +75,56 @@ export function sniff(first: number): Protocol | undefined {
 
 const peekByte = (buf: Uint8Array) => ({ value: buf[0], length: 0 });
 
+/** How {@linkcode runSession} runs a session. */
+export interface RunSessionOptions {
+  /** The client connection. */
+  conn: Deno.Conn;
+  /** The gateway's settings for the session. */
+  ctx: SessionContext;
+  /** The protocols its listener serves. */
+  protocols: ReadonlySet<Protocol>;
+  /** Called once when the session is over and every socket is closed. */
+  onEnd: () => void;
+}
+
 /**
- * Runs one session to its end. Never throws: every outcome is recorded in
- * `s.closeReason` and every socket is closed. Once the relay runs, no
- * async frame of the handshake stays suspended (idle relays stay small).
+ * Runs one session to its end, then calls `options.onEnd`. Never throws:
+ * every outcome is recorded in `s.closeReason` and every socket is closed.
+ * Once the relay runs, no async frame of the handshake stays suspended, and
+ * the relay's end reaches `onEnd` through one callback (idle relays stay
+ * small).
  *
  * @example
  * ```ts ignore
- * runSession(conn, session, ctx, new Set(["socks5", "http"])).finally(() => done(session));
+ * runSession(session, { conn, ctx, protocols: new Set(["socks5"]), onEnd: () => done(session) });
  * ```
  */
-export async function runSession(
+export function runSession(s: Session, options: RunSessionOptions): void {
+  const { onEnd } = options;
+  const over = () => {
+    end(s);
+    onEnd();
+  };
+  openDoor(options.conn, s, options.ctx, options.protocols).then((started) => {
+    if (started) started.relaying.then(over, over);
+    else over();
+  }, (error) => {
+    s.closeReason ??= describeError(error);
+    over();
+  });
+}
+
+/** The handshake and command of one session: the relay if one started, else `undefined` (then the caller ends the session). */
+async function openDoor(
   conn: Deno.Conn,
   s: Session,
   ctx: SessionContext,
   protocols: ReadonlySet<Protocol>,
-): Promise<void> {
+): Promise<Started> {
   const call: DoorCall = { conn, reader: new BufferedReader(conn), s, ctx };
   let started: Started;
   try {
-    if (ctx.proxyProtocol && !(await applyProxyHeader(call.reader, s, ctx))) return end(s);
+    if (ctx.proxyProtocol && !(await applyProxyHeader(call.reader, s, ctx))) return undefined;
     const first = await call.reader.decode(peekByte, "first byte");
     const protocol = sniff(first);
     const door = protocol && protocols.has(protocol) ? DOORS[protocol] : undefined;
@@ -103,13 +133,13 @@ export async function runSession(
       s.closeReason = protocol
         ? `protocol ${protocol} is not enabled on this listener`
         : `unrecognised protocol (first byte 0x${first.toString(16).padStart(2, "0")})`;
-      return end(s);
+      return undefined;
     }
     s.protocol = protocol;
     ctx.stats.sessionsByProtocol[protocol!]++;
     started = await door(call);
   } catch (error) {
-    if (s.aborted) return end(s);
+    if (s.aborted) return undefined;
     s.closeReason ??= describeError(error);
     // Before the request is decoded there is nothing to reply to, except a
     // malformed request that the codec gave a reply code (e.g. bad ATYP -> 8).
@@ -123,8 +153,8 @@ export async function runSession(
       s.reply = code;
       await writeAll(conn, call.refuse(code, error)).catch(() => {});
     }
-    return end(s);
+    return undefined;
   }
   // Returned, not awaited: this frame ends now and the relay runs on.
-  return started ? started.relaying.then(() => end(s)) : end(s);
+  return started;
 }

@@ -451,12 +451,12 @@ export function serve(options: ServeOptions = {}): Gateway {
     }
     conn.setNoDelay(true);
     const s = new Session(nextId++, conn);
-    s.lastActive = performance.now();
+    s.lastActive = s.acceptedAt;
     sessions.add(s);
     gate.admit(s.id);
     s.timeouts = timeouts;
     stats.sessionsTotal++;
-    runSession(conn, s, ctx, from.protocols).finally(() => finish(s));
+    runSession(s, { conn, ctx, protocols: from.protocols, onEnd: () => finish(s) });
   };
 
   const listeners = new Listeners({ onConn: handle, gate, stats, log });

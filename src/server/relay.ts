@@ -88,11 +88,36 @@ function maxTierFor(buckets: readonly TokenBucket[]): number {
   return tier;
 }
 
-/** Shared by the two pumps of one relay. */
-interface RelayState {
-  stats: RelayStats;
+/**
+ * Shared by the two pumps of one relay: counts the directions that have
+ * ended and calls back once both have. Callbacks, not promises: an idle
+ * relay then holds no promise chain (promises, reactions and their closures
+ * were a third of an idle relay's heap).
+ */
+class RelayState {
+  readonly stats: RelayStats;
   /** Directions that have reached EOF. */
-  ended: number;
+  ended = 0;
+  /** Directions that have finished, by EOF or by error. */
+  finished = 0;
+  reason = "done";
+  #options: RelayOptions;
+  pumps: Pump[] = [];
+
+  constructor(options: RelayOptions) {
+    this.stats = options.stats;
+    this.#options = options;
+  }
+
+  /** One direction is over (`error` when it failed). */
+  finish(error?: unknown): void {
+    if (error !== undefined && this.reason === "done") {
+      this.reason = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+      this.#options.fail(this.reason);
+      if (this.#options.limits !== undefined) { for (const p of this.pumps) p.stop(error); }
+    }
+    if (++this.finished === 2) this.#options.onEnd(this.reason);
+  }
 }
 
 /**
@@ -101,7 +126,6 @@ interface RelayState {
  * matters when thousands of them sit quiet.
  */
 class Pump {
-  readonly done: Promise<void>;
   #src: RelayConn;
   #dst: RelayConn;
   #state: RelayState;
@@ -116,8 +140,7 @@ class Pump {
   #limit: readonly TokenBucket[] | undefined;
   /** The pending wait of a limited direction, if any. */
   #timer: ReturnType<typeof setTimeout> | undefined;
-  #resolve!: () => void;
-  #reject!: (error: unknown) => void;
+  #over = false;
 
   constructor(
     src: RelayConn,
@@ -134,11 +157,6 @@ class Pump {
       this.#limit = limit;
       this.#maxTier = maxTierFor(limit);
     }
-    this.done = new Promise((resolve, reject) => {
-      this.#resolve = resolve;
-      this.#reject = reject;
-    });
-    this.#read();
   }
 
   #read(): void {
@@ -203,7 +221,19 @@ class Pump {
 
   #onError = (error: unknown): void => {
     this.#release();
-    this.#reject(error);
+    this.#done(error ?? new Error("the relay failed"));
+  };
+
+  /** Starts the first read. */
+  start(): void {
+    this.#read();
+  }
+
+  /** Tells the relay this direction is over, once. */
+  #done = (error?: unknown): void => {
+    if (this.#over) return;
+    this.#over = true;
+    this.#state.finish(error);
   };
 
   #release(): void {
@@ -216,21 +246,69 @@ class Pump {
     // The first direction to end half-closes the other socket; the second
     // needs no shutdown(2): the sockets are closed right after, which sends FIN.
     if (++this.#state.ended === 1) {
-      this.#dst.closeWrite().then(this.#resolve, this.#resolve);
-    } else this.#resolve();
+      this.#dst.closeWrite().then(() => this.#done(), () => this.#done());
+    } else this.#done();
   }
 }
 
 const EMPTY = new Uint8Array(0);
 
 /**
+ * What {@linkcode startRelay} needs besides the two connections.
+ *
+ * @example
+ * ```ts ignore
+ * import type { RelayOptions } from "./relay.ts";
+ * const options: RelayOptions = {
+ *   stats: { bytesUp: 0, bytesDown: 0, active: false },
+ *   fail: () => { client.close(); target.close(); },
+ *   onEnd: (reason) => console.log("relay over:", reason),
+ * };
+ * ```
+ */
+export interface RelayOptions {
+  /** Counters the relay updates. */
+  stats: RelayStats;
+  /** Called once, on the first failure: must close both connections. */
+  fail: (reason: string) => void;
+  /** Bandwidth limits per direction. */
+  limits?: RelayLimits;
+  /** Called once, when both directions have ended: `"done"`, or the first error. */
+  onEnd: (reason: string) => void;
+}
+
+/**
  * Relays between `client` and `target` until both directions have ended, or
- * until one fails, in which case `fail` is called (once) and must close
- * both connections so that the other direction ends too. Resolves to a
- * close reason: `"done"` when both sides closed cleanly, else the first
- * error. Never rejects. With `limits`, each direction is held to its
- * buckets (see {@linkcode RelayLimits}); a failure also ends a direction
- * that is waiting for bandwidth.
+ * until one fails, in which case `options.fail` is called (once) and must
+ * close both connections so that the other direction ends too. Then calls
+ * `options.onEnd` with a close reason: `"done"` when both sides closed
+ * cleanly, else the first error. With `limits`, each direction is held to
+ * its buckets (see {@linkcode RelayLimits}); a failure also ends a
+ * direction that is waiting for bandwidth. The gateway's sessions use this
+ * form: it keeps no promise per relay.
+ *
+ * @example
+ * ```ts ignore
+ * import { startRelay } from "./relay.ts";
+ * startRelay(clientConn, targetConn, {
+ *   stats: { bytesUp: 0, bytesDown: 0, active: false },
+ *   fail: () => { clientConn.close(); targetConn.close(); },
+ *   onEnd: (reason) => console.log(reason),
+ * });
+ * ```
+ */
+export function startRelay(client: RelayConn, target: RelayConn, options: RelayOptions): void {
+  const state = new RelayState(options);
+  const up = new Pump(client, target, state, true, options.limits?.up);
+  const down = new Pump(target, client, state, false, options.limits?.down);
+  state.pumps.push(up, down);
+  up.start();
+  down.start();
+}
+
+/**
+ * {@linkcode startRelay} as a promise: resolves to the close reason once
+ * both directions have ended. Never rejects.
  *
  * @example
  * ```ts ignore
@@ -257,18 +335,5 @@ export function relay(
   fail: (reason: string) => void,
   limits?: RelayLimits,
 ): Promise<string> {
-  let reason = "done";
-  const state: RelayState = { stats, ended: 0 };
-  const up = new Pump(client, target, state, true, limits?.up);
-  const down = new Pump(target, client, state, false, limits?.down);
-  const onError = (error: unknown) => {
-    if (reason !== "done") return;
-    reason = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
-    fail(reason);
-    if (limits !== undefined) {
-      up.stop(error);
-      down.stop(error);
-    }
-  };
-  return Promise.all([up.done.catch(onError), down.done.catch(onError)]).then(() => reason);
+  return new Promise((onEnd) => startRelay(client, target, { stats, fail, limits, onEnd }));
 }

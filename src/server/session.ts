@@ -23,7 +23,7 @@ import type { Safety } from "./safety.ts";
 import { type Dialer, happyEyeballs, type RelayConn } from "./dialer.ts";
 import type { RuleCommand } from "../policy/rules.ts";
 import { ConnectTimeoutError, describeError, GatewayError, ResolveError } from "./errors.ts";
-import { relay, type RelayStats } from "./relay.ts";
+import { type RelayStats, startRelay } from "./relay.ts";
 import type { BindServerOptions } from "./bind.ts";
 import type { UdpServerOptions } from "./udp.ts";
 import type { ProxyProtocolPolicy } from "./proxy_header.ts";
@@ -274,17 +274,27 @@ export function relayTo(
   s.phase = "relay";
   const shaped = ctx.shaping?.acquire(s.client.hostname, s.user);
   s.lastActive = performance.now(); // idle time counts from here, not from accept
-  const ready = early.length === 0 ? Promise.resolve() : writeAll(peer, early).then(() => {
-    s.bytesUp += early.length;
-  });
-  const relaying = ready
-    .then(() => relay(client, peer, s, (why) => s.abort(why), shaped?.limits))
-    .then((reason) => {
+  // One promise per session, settled by the relay's callback (no chain of
+  // promises held by an idle relay).
+  const relaying = new Promise<void>((resolve) => {
+    const ended = (reason: string) => {
       s.closeReason ??= reason;
-    }, (error) => {
-      s.closeReason ??= describeError(error);
-    })
-    .finally(() => shaped?.release());
+      shaped?.release();
+      resolve();
+    };
+    const go = () =>
+      startRelay(client, peer, {
+        stats: s,
+        fail: (why) => s.abort(why),
+        limits: shaped?.limits,
+        onEnd: ended,
+      });
+    if (early.length === 0) return go();
+    writeAll(peer, early).then(() => {
+      s.bytesUp += early.length;
+      go();
+    }, (error) => ended(describeError(error)));
+  });
   return { relaying };
 }
 
