@@ -38,6 +38,19 @@ export interface BufferedSinkOptions {
   maxBuffered?: number;
 }
 
+/** The chunks, in order, in one array. */
+function concat(chunks: readonly Uint8Array[]): Uint8Array {
+  let size = 0;
+  for (const c of chunks) size += c.length;
+  const out = new Uint8Array(size);
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.length;
+  }
+  return out;
+}
+
 /** Newlines in `bytes`: the records they hold. */
 function countLines(bytes: Uint8Array): number {
   let n = 0;
@@ -155,16 +168,21 @@ export function bufferedSink(writer: LogWriter, options: BufferedSinkOptions = {
         buffered += batch[batch.length - 1].length;
         reported = dropped;
       }
-      for (const bytes of batch) {
-        try {
-          if (!broken) await writeAll(bytes);
-        } catch {
-          broken = true; // the output is gone: count, do not retry per batch
-        }
-        if (broken) dropped += countLines(bytes);
-        buffered -= bytes.length;
-        if (bytes.buffer.byteLength === chunkSize && spare.length < 4) {
-          spare.push(new Uint8Array(bytes.buffer as ArrayBuffer));
+      // One write for the whole batch, as soon as the loop lets it run: a
+      // burst (thousands of relays closing at once) must not wait for one
+      // write per chunk, each a turn of the event loop.
+      const bytes = batch.length === 1 ? batch[0] : concat(batch);
+      try {
+        if (!broken) await writeAll(bytes);
+      } catch {
+        broken = true; // the output is gone: count, do not retry per batch
+      }
+      if (broken) dropped += countLines(bytes);
+      buffered -= bytes.length;
+      // Written (or given up): the chunks can take new lines.
+      for (const c of batch) {
+        if (c.buffer.byteLength === chunkSize && spare.length < 4) {
+          spare.push(new Uint8Array(c.buffer as ArrayBuffer));
         }
       }
       seal();

@@ -174,3 +174,25 @@ Deno.test("log sink: LogTape's configure and dispose write through it to a file"
     await Deno.remove(path);
   }
 });
+
+Deno.test("log sink: lines spread over many chunks, some logged during a write, arrive whole and in order", async () => {
+  const out = recorder();
+  const sink = bufferedSink(out.writer, { formatter: line, flushInterval: 3_600_000 });
+  const expected: string[] = [];
+  const log = (i: number, level: LogRecord["level"] = "info") => {
+    const text = `record ${i} ${"x".repeat(i % 300)}`; // lines of 10 to 310 bytes
+    expected.push(`${level} ${text}\n`);
+    sink(record(text, level));
+  };
+  out.hold(); // the first write hangs while more lines come in
+  for (let i = 0; i < 10; i++) log(i);
+  log(10, "error"); // written at once: one chunk, whose write hangs
+  for (let i = 11; i < 3000; i++) log(i); // about 480 KB: several 64 KiB chunks
+  const first = out.nextWrite();
+  out.release();
+  await within(first, "the held write to finish");
+  for (let i = 3000; i < 6000; i++) log(i); // chunks written before are reused now
+  await sink.flush();
+  assert.equal(sink.dropped, 0);
+  assert.equal(out.text(), expected.join(""));
+});
