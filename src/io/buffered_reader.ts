@@ -8,6 +8,7 @@
  */
 
 import type { Decoded } from "../protocol/codec.ts";
+import { giveBuffer, takeBuffer } from "./buffer_pool.ts";
 
 /** The reading half of a connection. */
 export interface ByteSource {
@@ -15,7 +16,7 @@ export interface ByteSource {
   read(p: Uint8Array): Promise<number | null>;
 }
 
-const EMPTY = new Uint8Array(0);
+const EMPTY: Uint8Array<ArrayBuffer> = new Uint8Array(0);
 
 /** Raised when the peer closes in the middle of a message. */
 export class UnexpectedEofError extends Error {
@@ -29,14 +30,19 @@ export class UnexpectedEofError extends Error {
 /** A small growable buffer in front of a {@linkcode ByteSource}. */
 export class BufferedReader {
   #src: ByteSource;
-  #buf: Uint8Array<ArrayBuffer>;
+  #buf: Uint8Array<ArrayBuffer> = EMPTY;
+  /** The buffer came from the pool (and goes back with {@linkcode takeRest}). */
+  #pooled = false;
   #start = 0;
   #end = 0;
 
-  /** Wraps `src`; `size` is the initial buffer size. */
+  /**
+   * Wraps `src`; `size` is the initial buffer size. The default buffer is
+   * taken from a pool at the first read and given back by {@linkcode takeRest}.
+   */
   constructor(src: ByteSource, size = 512) {
     this.#src = src;
-    this.#buf = new Uint8Array(size);
+    if (size !== 512) this.#buf = new Uint8Array(size);
   }
 
   /**
@@ -65,13 +71,18 @@ export class BufferedReader {
       const pending = this.#end - this.#start;
       // SOCKS messages are under 600 bytes; grow only for a longer backlog.
       const next = this.#buf.length === 0
-        ? new Uint8Array(512)
+        ? takeBuffer(0)
         : pending * 2 > this.#buf.length
         ? new Uint8Array(this.#buf.length * 2)
         : this.#buf;
       if (next === this.#buf) next.copyWithin(0, this.#start, this.#end);
-      else next.set(this.#buf.subarray(this.#start, this.#end), 0);
-      this.#buf = next;
+      else {
+        next.set(this.#buf.subarray(this.#start, this.#end), 0);
+        const fromPool = this.#buf.length === 0;
+        this.#release();
+        this.#pooled = fromPool;
+        this.#buf = next;
+      }
       this.#start = 0;
       this.#end = pending;
     }
@@ -86,10 +97,17 @@ export class BufferedReader {
    * optimistic client sent ahead of the reply), and empties the buffer.
    */
   takeRest(): Uint8Array<ArrayBuffer> {
-    const rest = this.#buf.slice(this.#start, this.#end);
-    // The reader is done: let its buffer go (a relay may live for hours).
+    const rest = this.#start === this.#end ? EMPTY : this.#buf.slice(this.#start, this.#end);
+    // The reader is done: its buffer goes back (a relay may live for hours).
+    this.#release();
     this.#buf = EMPTY;
     this.#start = this.#end = 0;
     return rest;
+  }
+
+  /** Gives a pooled buffer back, once. */
+  #release(): void {
+    if (this.#pooled) giveBuffer(0, this.#buf);
+    this.#pooled = false;
   }
 }

@@ -34,6 +34,7 @@ import {
   type Family,
   formatIPv4,
   formatIPv6,
+  ipv4Number,
   parseCidr,
   parseIPv4,
   parseIPv6,
@@ -146,17 +147,23 @@ function unwrap(host: string): { host: string; family: Family; bytes: Uint8Array
     : { host: formatIPv6(v6), family: 6, bytes: v6 };
 }
 
+/** The category of an IPv4 address, from its text and its number. */
+function categoryOfV4(host: string, n: number): UnwantedCategory | null {
+  const a = n >>> 24;
+  if (METADATA_V4.has(host)) return "metadata";
+  if (a === 169 && ((n >>> 16) & 255) === 254) return "link-local";
+  if (a >= 224 && a <= 239) return "multicast";
+  if (n === 0xffffffff) return "broadcast";
+  if (a === 0) return "unspecified";
+  return null;
+}
+
 function categoryOf(
   ip: { host: string; family: Family; bytes: Uint8Array },
 ): UnwantedCategory | null {
   const b = ip.bytes;
   if (ip.family === 4) {
-    if (METADATA_V4.has(ip.host)) return "metadata";
-    if (b[0] === 169 && b[1] === 254) return "link-local";
-    if (b[0] >= 224 && b[0] <= 239) return "multicast";
-    if (ip.host === "255.255.255.255") return "broadcast";
-    if (b[0] === 0) return "unspecified";
-    return null;
+    return categoryOfV4(ip.host, ((b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]) >>> 0);
   }
   if (METADATA_V6.has(ip.host)) return "metadata";
   if (b[0] === 0xfe && (b[1] & 0xc0) === 0x80) return "link-local";
@@ -180,13 +187,13 @@ function categoryOf(
  */
 export function classifyDestination(host: string): UnwantedDestination | null {
   const ip = unwrap(host);
-  return ip && unwantedOf(ip);
+  return ip && unwantedOf(ip, categoryOf(ip));
 }
 
 function unwantedOf(
-  ip: { host: string; family: Family; bytes: Uint8Array },
+  ip: { host: string; family: Family },
+  category: UnwantedCategory | null,
 ): UnwantedDestination | null {
-  const category = categoryOf(ip);
   if (!category) return null;
   const shown = ip.family === 6 ? `[${ip.host}]` : ip.host;
   return {
@@ -213,8 +220,15 @@ function unwantedOf(
 export function inspectDestination(
   host: string,
 ): { host: string; family: Family; unwanted: UnwantedDestination | null } | null {
+  // The common case first, without allocating: a plain dotted quad.
+  const h = unbracket(host);
+  const n = ipv4Number(h);
+  if (n >= 0) {
+    const ip = { host: h, family: 4 as const };
+    return { ...ip, unwanted: unwantedOf(ip, categoryOfV4(h, n)) };
+  }
   const ip = unwrap(host);
-  return ip && { host: ip.host, family: ip.family, unwanted: unwantedOf(ip) };
+  return ip && { host: ip.host, family: ip.family, unwanted: unwantedOf(ip, categoryOf(ip)) };
 }
 
 /**

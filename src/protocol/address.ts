@@ -25,6 +25,41 @@ export function parseIPv4(text: string): Uint8Array | null {
 }
 
 /**
+ * A dotted-quad IPv4 literal as an unsigned 32-bit number, or -1 when the
+ * string is not one: {@linkcode parseIPv4} without allocating.
+ *
+ * @example
+ * ```ts
+ * import { ipv4Number } from "./address.ts";
+ * ipv4Number("192.0.2.1") >>> 24; // 192
+ * ipv4Number("example.test"); // -1
+ * ```
+ */
+export function ipv4Number(text: string): number {
+  const len = text.length;
+  if (len < 7 || len > 15) return -1;
+  let parts = 0;
+  let value = 0;
+  let digits = 0;
+  let out = 0;
+  for (let i = 0; i <= len; i++) {
+    const c = i < len ? text.charCodeAt(i) : 46; // a virtual "." at the end
+    if (c === 46) {
+      if (digits === 0 || parts > 3) return -1;
+      out = out * 256 + value;
+      parts++;
+      value = 0;
+      digits = 0;
+    } else if (c >= 48 && c <= 57) {
+      if (digits > 0 && value === 0) return -1; // a leading zero
+      value = value * 10 + (c - 48);
+      if (++digits > 3 || value > 255) return -1;
+    } else return -1;
+  }
+  return parts === 4 ? out : -1;
+}
+
+/**
  * The dotted-quad scanner behind {@linkcode parseIPv4}: writes the bytes to
  * `out` when given. A string it accepts is already canonical (no leading
  * zeros, no spaces), so callers that only need to know can skip the bytes.

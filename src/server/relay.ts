@@ -21,34 +21,10 @@
 
 import type { RelayConn } from "./dialer.ts";
 import { takeAll, type TokenBucket } from "../policy/bandwidth.ts";
+import { giveBuffer, takeBuffer, TIERS } from "../io/buffer_pool.ts";
 
-/**
- * Buffer sizes, smallest first. An idle direction holds a smallest buffer
- * in its pending read, so that one is small: 512 bytes.
- */
-const TIERS = [512, 16 * 1024, 64 * 1024, 256 * 1024] as const;
-/** Free buffers kept per tier (the largest tier keeps fewest). */
-const KEEP = [8192, 512, 64, 16] as const;
-const pools: Uint8Array[][] = TIERS.map(() => []);
-/**
- * Smallest buffers are cut from slabs of this many: one allocation (and
- * one backing store) per 256 buffers instead of one each.
- */
-const SLAB = 256;
-
-function take(tier: number): Uint8Array {
-  const buf = pools[tier].pop();
-  if (buf) return buf;
-  if (tier !== 0) return new Uint8Array(TIERS[tier]);
-  const size = TIERS[0];
-  const slab = new ArrayBuffer(size * SLAB);
-  for (let i = 1; i < SLAB; i++) pools[0].push(new Uint8Array(slab, i * size, size));
-  return new Uint8Array(slab, 0, size);
-}
-
-function give(tier: number, buf: Uint8Array): void {
-  if (pools[tier].length < KEEP[tier]) pools[tier].push(buf);
-}
+const take = takeBuffer;
+const give = giveBuffer;
 
 /** Counters a relay updates while it runs, shared with its session. */
 export interface RelayStats {

@@ -1,7 +1,12 @@
 // Pure functions only: nothing here opens a socket, so naming the metadata
 // and link-local addresses reaches nothing.
 import assert from "node:assert/strict";
-import { allowedExplicitly, classifyDestination, unwrapIp } from "../../src/policy/destinations.ts";
+import {
+  allowedExplicitly,
+  classifyDestination,
+  inspectDestination,
+  unwrapIp,
+} from "../../src/policy/destinations.ts";
 
 const category = (host: string) => classifyDestination(host)?.category ?? null;
 
@@ -125,4 +130,33 @@ Deno.test("allowedExplicitly: only an allow rule whose to: CIDR contains the add
     false,
     "a name is not an address",
   );
+});
+
+Deno.test("inspectDestination: the same answers as unwrapIp and classifyDestination", () => {
+  for (
+    const host of [
+      "192.0.2.1",
+      "169.254.169.254",
+      "169.254.1.1",
+      "169.253.1.1",
+      "224.0.0.1",
+      "239.255.255.255",
+      "240.0.0.1",
+      "255.255.255.255",
+      "0.1.2.3",
+      "100.100.100.200",
+      "[::ffff:169.254.169.254]",
+      "64:ff9b::a9fe:a9fe",
+      "fe80::1",
+      "ff02::1",
+      "::",
+      "2001:db8::1",
+      "example.test",
+    ]
+  ) {
+    const seen = inspectDestination(host);
+    const ip = unwrapIp(host);
+    assert.deepEqual(seen && { host: seen.host, family: seen.family }, ip, host);
+    assert.deepEqual(seen?.unwanted ?? null, classifyDestination(host), host);
+  }
 });

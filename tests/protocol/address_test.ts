@@ -3,6 +3,7 @@ import {
   cidrContains,
   formatIPv6,
   ipFamily,
+  ipv4Number,
   joinHostPort,
   normalizeIp,
   parseCidr,
@@ -15,7 +16,11 @@ Deno.test("address: IPv4 literals", () => {
   assert.deepEqual(parseIPv4("192.0.2.255"), Uint8Array.of(192, 0, 2, 255));
   for (const bad of ["256.0.0.1", "1.2.3", "1.2.3.4.5", "01.2.3.4", "a.b.c.d", "", "1.2.3.-4"]) {
     assert.equal(parseIPv4(bad), null, bad);
+    assert.equal(ipv4Number(bad), -1, bad);
   }
+  assert.equal(ipv4Number("192.0.2.255"), 0xc00002ff);
+  assert.equal(ipv4Number("255.255.255.255"), 0xffffffff);
+  assert.equal(ipv4Number("0.0.0.0"), 0);
 });
 
 Deno.test("address: IPv6 literals parse and format canonically (RFC 5952)", () => {
