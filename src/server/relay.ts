@@ -5,8 +5,8 @@
  * sized by the traffic: a quiet connection holds a 512-byte buffer, one that
  * keeps filling its buffer moves up to 16, 64 and 256 KiB, and back down
  * when reads get small. FIN is forwarded as FIN. The relay never closes the
- * sockets itself: it asks its owner to, once, on failure, and returns when
- * both directions have ended.
+ * sockets itself: it asks its owner to, once, on failure, and calls back
+ * once both directions have ended (no promise is held per relay).
  *
  * Bandwidth limits are optional, per direction: a list of
  * {@linkcode TokenBucket}s (per user, per client address; shared between
@@ -22,9 +22,6 @@
 import type { RelayConn } from "./dialer.ts";
 import { takeAll, type TokenBucket } from "../policy/bandwidth.ts";
 import { giveBuffer, takeBuffer, TIERS } from "../io/buffer_pool.ts";
-
-const take = takeBuffer;
-const give = giveBuffer;
 
 /** Counters a relay updates while it runs, shared with its session. */
 export interface RelayStats {
@@ -107,7 +104,7 @@ class Pump {
   #state: RelayState;
   #up: boolean;
   #tier = 0;
-  #buf = take(0);
+  #buf = takeBuffer(0);
   #small = 0; // consecutive reads that used under a quarter of the buffer
   #n = 0;
   #off = 0;
@@ -184,12 +181,12 @@ class Pump {
     // after two reads that used under a quarter of it.
     const size = this.#buf.length;
     if (this.#n === size && this.#tier < this.#maxTier) {
-      give(this.#tier, this.#buf);
-      this.#buf = take(++this.#tier);
+      giveBuffer(this.#tier, this.#buf);
+      this.#buf = takeBuffer(++this.#tier);
       this.#small = 0;
     } else if (this.#tier > 0 && this.#n < size >> 2 && ++this.#small >= 2) {
-      give(this.#tier, this.#buf);
-      this.#buf = take(--this.#tier);
+      giveBuffer(this.#tier, this.#buf);
+      this.#buf = takeBuffer(--this.#tier);
       this.#small = 0;
     }
     this.#read();
@@ -213,7 +210,7 @@ class Pump {
   };
 
   #release(): void {
-    give(this.#tier, this.#buf);
+    giveBuffer(this.#tier, this.#buf);
     this.#buf = EMPTY;
   }
 
