@@ -7,12 +7,7 @@
  * @module
  */
 
-import {
-  getJsonLinesFormatter,
-  getLogger,
-  getTextFormatter,
-  type LogRecord,
-} from "@logtape/logtape";
+import { getLogger, type LogRecord } from "@logtape/logtape";
 
 /** The logging hook: LogTape's `Logger` fits it, and so do thin adapters. */
 export interface GatewayLogger {
@@ -194,10 +189,113 @@ export function textValue(value: unknown, inspect: (value: unknown) => string): 
   return inspect(value);
 }
 
+/** LogTape's level abbreviations, as its text lines show them. */
+const ABBREVIATIONS: Record<LogRecord["level"], string> = {
+  trace: "TRC",
+  debug: "DBG",
+  info: "INF",
+  warning: "WRN",
+  error: "ERR",
+  fatal: "FTL",
+};
+
+/** Joined categories, by category array (a logger's array is reused for each of its records). */
+const joined = new WeakMap<readonly string[], { text: string; json: string }>();
+
+function categoryOf(category: readonly string[]): { text: string; json: string } {
+  let c = joined.get(category);
+  if (!c) {
+    c = { text: category.join("·"), json: category.join(".") };
+    joined.set(category, c);
+  }
+  return c;
+}
+
+/** The UTC second a timestamp falls in, as `YYYY-MM-DD HH:MM:SS.`, computed once per second. */
+let second = NaN;
+let secondText = "";
+
 /**
- * The formatter of a log format: `text` (LogTape's text lines with the local
- * time zone, values by {@linkcode textValue}) or `json` (one JSON object per
- * line, the message as its template, the values as properties).
+ * A timestamp as LogTape's `date-time-tz` renders it
+ * (`2026-12-03 05:40:12.345 +00`), with the date and time up to the second
+ * built once per second rather than once per line.
+ *
+ * @example
+ * ```ts
+ * import { utcTimestamp } from "./log.ts";
+ * utcTimestamp(0); // "1970-01-01 00:00:00.000 +00"
+ * ```
+ */
+export function utcTimestamp(ms: number): string {
+  const s = Math.floor(ms / 1000);
+  if (s !== second) {
+    const iso = new Date(s * 1000).toISOString(); // YYYY-MM-DDTHH:MM:SS.000Z
+    secondText = `${iso.slice(0, 10)} ${iso.slice(11, 20)}`;
+    second = s;
+  }
+  const frac = ms - s * 1000;
+  return `${secondText}${frac < 10 ? "00" : frac < 100 ? "0" : ""}${frac} +00`;
+}
+
+const inspect = (value: unknown) =>
+  Deno.inspect(value, { strAbbreviateSize: Infinity, iterableLimit: Infinity });
+
+/**
+ * One record as a text line, in LogTape's text format
+ * (`2026-12-03 05:40:12.345 +00 [INF] dualsocks·gateway: message`), values
+ * by {@linkcode textValue}. Written here rather than configured from
+ * LogTape's `getTextFormatter` because it runs once per session: the
+ * timestamp is built once per second and the category once per logger.
+ *
+ * @example
+ * ```ts
+ * import { textLine } from "./log.ts";
+ * textLine({
+ *   category: ["dualsocks"], level: "info", message: ["up on ", 1080, ""],
+ *   rawMessage: "up on {port}", timestamp: 0, properties: { port: 1080 },
+ * }); // "1970-01-01 00:00:00.000 +00 [INF] dualsocks: up on 1080\n"
+ * ```
+ */
+export function textLine(record: LogRecord): string {
+  const parts = record.message;
+  let message = "";
+  for (let i = 0; i < parts.length; i++) {
+    message += i & 1 ? textValue(parts[i], inspect) : parts[i] as string;
+  }
+  return `${utcTimestamp(record.timestamp)} [${ABBREVIATIONS[record.level]}] ${
+    categoryOf(record.category).text
+  }: ${message}\n`;
+}
+
+/**
+ * One record as a JSON line, the fields of LogTape's JSON Lines formatter
+ * with `message: "template"`: `@timestamp`, `level`, `message` (the
+ * template), `logger` and `properties`.
+ *
+ * @example
+ * ```ts
+ * import { jsonLine } from "./log.ts";
+ * jsonLine({
+ *   category: ["dualsocks"], level: "warning", message: ["up on ", 1080, ""],
+ *   rawMessage: "up on {port}", timestamp: 0, properties: { port: 1080 },
+ * }); // '{"@timestamp":"1970-01-01T00:00:00.000Z","level":"WARN",...}\n'
+ * ```
+ */
+export function jsonLine(record: LogRecord): string {
+  const raw = record.rawMessage;
+  return JSON.stringify({
+    "@timestamp": new Date(record.timestamp).toISOString(),
+    level: record.level === "warning" ? "WARN" : record.level.toUpperCase(),
+    message: typeof raw === "string" ? raw : raw.join("{}"),
+    logger: categoryOf(record.category).json,
+    properties: record.properties,
+  }) + "\n";
+}
+
+/**
+ * The formatter of a log format: `text` ({@linkcode textLine}) or `json`
+ * ({@linkcode jsonLine}, one JSON object per line, the message as its
+ * template, the values as properties).
  *
  * @example
  * ```ts
@@ -207,7 +305,5 @@ export function textValue(value: unknown, inspect: (value: unknown) => string): 
  * ```
  */
 export function logFormatter(format: "text" | "json"): (record: LogRecord) => string {
-  return format === "json"
-    ? getJsonLinesFormatter({ message: "template" })
-    : getTextFormatter({ timestamp: "date-time-tz", value: textValue });
+  return format === "json" ? jsonLine : textLine;
 }

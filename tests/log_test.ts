@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import type { LogRecord } from "@logtape/logtape";
+import { getJsonLinesFormatter, getTextFormatter, type LogRecord } from "@logtape/logtape";
 import {
   enabled,
   type GatewayLogger,
@@ -7,6 +7,7 @@ import {
   logDirectly,
   logFormatter,
   textValue,
+  utcTimestamp,
   withLevel,
 } from "../src/log.ts";
 
@@ -98,4 +99,66 @@ Deno.test("log: the text format quotes control characters and the JSON one is on
   const parsed = JSON.parse(json);
   assert.equal(parsed.message, "user={user} up={bytesUp}");
   assert.deepEqual(parsed.properties, { user: "a\nb", bytesUp: 5 });
+});
+
+Deno.test("log: our text and JSON lines are the ones LogTape's formatters write", () => {
+  // The lines used to come from LogTape's formatters; tools that parse them must see no change.
+  const text = getTextFormatter({ timestamp: "date-time-tz", value: textValue });
+  const json = getJsonLinesFormatter({ message: "template" });
+  const category = ["dualsocks", "gateway"];
+  const records: LogRecord[] = [];
+  // Timestamps across second, minute, day and year boundaries, and every millisecond width.
+  const stamps = [
+    0,
+    7,
+    42,
+    999,
+    1000,
+    59_999,
+    60_000,
+    86_399_999,
+    1_796_276_201_690,
+    1_798_761_599_999,
+  ];
+  for (const [i, timestamp] of stamps.entries()) {
+    records.push({
+      category,
+      level: (["debug", "info", "warning", "error", "fatal", "trace"] as const)[i % 6],
+      message: ["session ", i, " ", "a\nb", " user=", "-", " err=", new Error("boom"), " list=", [
+        1,
+        "x",
+      ], ""],
+      rawMessage: "session {id} {name} user={user} err={error} list={list}",
+      timestamp,
+      properties: { id: i, name: "a\nb", user: "-", error: "boom", list: [1, "x"] },
+    });
+  }
+  records.push({
+    category: ["dualsocks"],
+    level: "info",
+    message: ["no values"],
+    rawMessage: "no values",
+    timestamp: 1_796_276_201_001,
+    properties: {},
+  });
+  // A tagged-template record (LogTape's logger.info`...`): the template's pieces joined by {}.
+  const strings = Object.assign(["up on ", " after ", " ms"], {
+    raw: ["up on ", " after ", " ms"],
+  });
+  records.push({
+    category,
+    level: "info",
+    message: ["up on ", 1080, " after ", 3, " ms"],
+    rawMessage: strings as unknown as TemplateStringsArray,
+    timestamp: 5,
+    properties: {},
+  });
+  for (const r of records) {
+    assert.equal(logFormatter("text")(r), text(r));
+    assert.equal(logFormatter("json")(r), json(r));
+  }
+  // The per-second cache does not leak one second's text into the next.
+  assert.equal(utcTimestamp(1_000), "1970-01-01 00:00:01.000 +00");
+  assert.equal(utcTimestamp(999), "1970-01-01 00:00:00.999 +00");
+  assert.equal(utcTimestamp(1_001), "1970-01-01 00:00:01.001 +00");
 });

@@ -31,7 +31,7 @@
  * @module
  */
 
-import { parseCidr, parseIPv4, parseIPv6, unbracket } from "../protocol/address.ts";
+import { ipv4Number, parseCidr, parseIPv6, unbracket } from "../protocol/address.ts";
 
 /**
  * A SOCKS5 command a rule can restrict.
@@ -320,13 +320,8 @@ function netSetHas(set: NetSet, ip: Ip): boolean {
 /** Parses an IP literal once per call; `null` for a name. */
 function ipOf(host: string): Ip | null {
   const h = unbracket(host);
-  const b4 = parseIPv4(h);
-  if (b4) {
-    return {
-      v4: (b4[0] << 24) | (b4[1] << 16) | (b4[2] << 8) | b4[3],
-      v6: null,
-    };
-  }
+  const n4 = ipv4Number(h);
+  if (n4 >= 0) return { v4: n4 | 0, v6: null }; // as a signed 32-bit number, like the masks
   const b = parseIPv6(h);
   if (!b) return null;
   const words = new Uint32Array(4);

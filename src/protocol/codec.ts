@@ -10,7 +10,7 @@
  * @module
  */
 
-import { formatIPv4, formatIPv6, normalizeIp, parseIPv4, parseIPv6 } from "./address.ts";
+import { formatIPv4, formatIPv6, ipv4Number, normalizeIp, parseIPv6 } from "./address.ts";
 import { AddressType, Reply, SOCKS_VERSION, USERPASS_VERSION } from "./constants.ts";
 
 /** A SOCKS5 address: an IPv4 or IPv6 literal, or a domain name. */
@@ -401,9 +401,17 @@ function writeAddressPort(
   }
   let bytes: Uint8Array | null;
   if (address.type === "ipv4") {
-    bytes = parseIPv4(address.host);
-    if (!bytes) throw new TypeError(`expected an IPv4 address, found "${address.host}"`);
+    // Every CONNECT reply names an IPv4 address: no byte array for it.
+    const n = ipv4Number(address.host);
+    if (n < 0) throw new TypeError(`expected an IPv4 address, found "${address.host}"`);
     out[offset++] = AddressType.IPV4;
+    out[offset++] = n >>> 24;
+    out[offset++] = (n >>> 16) & 0xff;
+    out[offset++] = (n >>> 8) & 0xff;
+    out[offset++] = n & 0xff;
+    out[offset++] = port >> 8;
+    out[offset++] = port & 0xff;
+    return offset;
   } else if (address.type === "ipv6") {
     bytes = parseIPv6(address.host);
     if (!bytes) throw new TypeError(`expected an IPv6 address, found "${address.host}"`);

@@ -95,6 +95,22 @@ Deno.test("codec: requests, replies and UDP headers round-trip for every address
   }
 });
 
+Deno.test("codec: an IPv4 reply carries the address's bytes and the port, big-endian", () => {
+  const reply = encodeReply({
+    reply: 0,
+    address: { type: "ipv4", host: "203.0.113.254" },
+    port: 0x1f90,
+  });
+  assert.deepEqual([...reply], [5, 0, 0, 1, 203, 0, 113, 254, 0x1f, 0x90]);
+  for (const host of ["203.0.113", "203.0.113.256", "203.0.113.01", "::1", ""]) {
+    assert.throws(
+      () => encodeReply({ reply: 0, address: { type: "ipv4", host }, port: 1 }),
+      TypeError,
+      host,
+    );
+  }
+});
+
 Deno.test("codec: a message followed by more bytes reports its own length", () => {
   const req = encodeRequest({ command: 1, address: { type: "domain", host: "a.test" }, port: 1 });
   const joined = new Uint8Array([...req, 0x47, 0x45, 0x54]);
