@@ -258,10 +258,12 @@ const inspect = (value: unknown) =>
  */
 export function textLine(record: LogRecord): string {
   const parts = record.message;
-  let message = "";
+  // One join rather than a chain of concatenations (a rope node each).
+  const pieces: string[] = new Array(parts.length);
   for (let i = 0; i < parts.length; i++) {
-    message += i & 1 ? textValue(parts[i], inspect) : parts[i] as string;
+    pieces[i] = i & 1 ? textValue(parts[i], inspect) : parts[i] as string;
   }
+  const message = pieces.join("");
   return `${utcTimestamp(record.timestamp)} [${ABBREVIATIONS[record.level]}] ${
     categoryOf(record.category).text
   }: ${message}\n`;

@@ -55,14 +55,15 @@ export class BufferedReader {
     what: string,
   ): Promise<T> {
     while (true) {
-      const view = this.#buf.subarray(this.#start, this.#end);
-      const d = view.length > 0 ? decode(view) : null;
+      // No view of an empty buffer: the first pass of nearly every call.
+      const d = this.#end > this.#start ? decode(this.#buf.subarray(this.#start, this.#end)) : null;
       if (d) {
         this.#start += d.length;
         if (this.#start === this.#end) this.#start = this.#end = 0;
         return d.value;
       }
-      if (!(await this.#fill())) throw new UnexpectedEofError(what, view.length);
+      const had = this.#end - this.#start;
+      if (!(await this.#fill())) throw new UnexpectedEofError(what, had);
     }
   }
 
@@ -86,7 +87,7 @@ export class BufferedReader {
       this.#start = 0;
       this.#end = pending;
     }
-    const n = await this.#src.read(this.#buf.subarray(this.#end));
+    const n = await this.#src.read(this.#end === 0 ? this.#buf : this.#buf.subarray(this.#end));
     if (n === null) return false;
     this.#end += n;
     return true;

@@ -202,7 +202,10 @@ export class Session implements RelayStats, Slotted {
 
 /** Writes all of `bytes`. */
 export async function writeAll(conn: RelayConn, bytes: Uint8Array): Promise<void> {
-  for (let off = 0; off < bytes.length;) off += await conn.write(bytes.subarray(off));
+  // Replies are small: the first write nearly always takes them whole.
+  if (bytes.length === 0) return;
+  let off = await conn.write(bytes);
+  while (off < bytes.length) off += await conn.write(bytes.subarray(off));
 }
 
 /** A command that got as far as relaying: the promise of the relay's end. */
