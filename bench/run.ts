@@ -75,6 +75,10 @@ const HELP = `usage: deno run -A bench/run.ts [options]
   --session-seconds S  measurement time per sessions/s run (default 3)
   --hold N,M,...       idle relays for the memory test, each counted from a
                        freshly started proxy (default 2000,8000)
+  --settle S           for dualsocks, also wait up to S s (default 40; 0 = off)
+                       with the relays held and idle for V8's memory reducer,
+                       which gives back the young generation that opening
+                       them grew, about 30 s after the last full GC
   --close sink|client  who closes a loadgen session first (default sink)
   --profile            afterwards, CPU-profile dualsocks under the 256-client
                        sessions load (V8 inspector) -> results/*.cpuprofile
@@ -93,6 +97,8 @@ interface Options {
   warmup: number;
   hold: number[];
   holdConcurrency: number;
+  /** Seconds to wait, relays held, for the heap to settle (dualsocks only). */
+  settle: number;
   close: "sink" | "client";
   profile: boolean;
   /** `--deno-flags`; by default those of `deno task start`. */
@@ -111,6 +117,7 @@ function parseOptions(args: string[]): Options {
       "iperf-seconds": { type: "string" },
       "session-seconds": { type: "string" },
       hold: { type: "string" },
+      settle: { type: "string" },
       close: { type: "string" },
       profile: { type: "boolean" },
       "deno-flags": { type: "string" },
@@ -155,6 +162,7 @@ function parseOptions(args: string[]): Options {
       Math.round(num(v.trim(), 0, 1, 9000))
     ),
     holdConcurrency: 256,
+    settle: num(values.settle, quick ? 0 : 40, 0, 80),
     close,
     profile: values.profile ?? false,
     denoFlags: values["deno-flags"]?.split(/\s+/).filter(Boolean),
@@ -686,6 +694,33 @@ function mib(kib: number): number {
   return kib / 1024;
 }
 
+/** The proxies whose heap is given time to settle with the relays held: the subject. */
+const SETTLE_FOR: readonly Name[] = ["dualsocks"];
+
+/**
+ * Samples the process tree every second, relays held and idle, for up to
+ * `seconds`: V8's memory reducer runs about 30 s after the last full GC and
+ * gives back the young generation that opening the relays grew. Stops early
+ * once the RSS has dropped by 10% or more below `first` and then held still
+ * (within 1%) for 2 s; otherwise returns the last sample.
+ */
+async function settledSample(
+  pid: number,
+  first: MemSample,
+  seconds: number,
+): Promise<{ sample: MemSample; seconds: number }> {
+  let last = first;
+  let still = 0;
+  for (let t = 1; t <= seconds; t++) {
+    await sleep(1000);
+    const s = sampleTree(pid);
+    still = Math.abs(s.rssKiB - last.rssKiB) <= last.rssKiB * 0.01 ? still + 1 : 0;
+    last = s;
+    if (s.rssKiB <= first.rssKiB * 0.9 && still >= 2) return { sample: s, seconds: t };
+  }
+  return { sample: last, seconds };
+}
+
 async function holdTest(
   round: number,
   p: Running,
@@ -713,6 +748,9 @@ async function holdTest(
     const h = JSON.parse(first);
     await sleep(1000); // let the proxy settle
     const held = sampleTree(p.m!.pid);
+    const settled = SETTLE_FOR.includes(p.name) && opts.settle > 0
+      ? await settledSample(p.m!.pid, held, opts.settle)
+      : undefined;
     const w = m.child.stdin.getWriter();
     await w.write(new TextEncoder().encode("release\n"));
     await w.close();
@@ -728,7 +766,7 @@ async function holdTest(
       round,
       proxy: p.name,
       test: `hold_${hold}`,
-      data: { hold: h, release: rel, idle, held, after },
+      data: { hold: h, release: rel, idle, held, settled, after },
     });
     record(`hold_setup_s_${hold}`, p.name, h.setup_s);
     record(`mem_held_rss_${hold}`, p.name, mib(held.rssKiB));
@@ -739,6 +777,10 @@ async function holdTest(
     if (n > 0) {
       record(`relay_kib_rss_${hold}`, p.name, delta / n);
       record(`relay_kib_pss_${hold}`, p.name, deltaPss / n);
+      if (settled) {
+        record(`relay_kib_settled_${hold}`, p.name, (settled.sample.rssKiB - idle.rssKiB) / n);
+        record(`settle_s_${hold}`, p.name, settled.seconds);
+      }
     }
     const nerr = (h.errors?.total ?? 0) + (h.dropped ?? 0) +
       (rel?.dropped ?? 0);
@@ -758,9 +800,13 @@ async function holdTest(
         h.setup_s.toFixed(1)
       } s  RSS ${mib(idle.rssKiB).toFixed(1)} -> ${mib(held.rssKiB).toFixed(1)} MiB (${
         (delta / Math.max(n, 1)).toFixed(2)
-      } KiB/relay, PSS ${
-        (deltaPss / Math.max(n, 1)).toFixed(2)
-      })  fds ${idle.fds}/${held.fds}/${after.fds}  procs ${held.processes}`,
+      } KiB/relay, PSS ${(deltaPss / Math.max(n, 1)).toFixed(2)})${
+        settled
+          ? `, settled after ${settled.seconds} s: ${
+            ((settled.sample.rssKiB - idle.rssKiB) / Math.max(n, 1)).toFixed(2)
+          } KiB/relay`
+          : ""
+      }  fds ${idle.fds}/${held.fds}/${after.fds}  procs ${held.processes}`,
     );
   } catch (e) {
     recordError(round, p.name, `hold_${hold}`, (e as Error).message);
@@ -1002,6 +1048,13 @@ function metricDefs(opts: Options): MetricDef[] {
     ...perHold([
       ["relay_kib_rss", "Per relay, RSS, N relays from a fresh process", "KiB", "lower"],
       ["relay_kib_pss", "Per relay, PSS, N relays from a fresh process", "KiB", "lower"],
+      [
+        "relay_kib_settled",
+        "Per relay, RSS, N relays, once idle long enough for V8's memory reducer",
+        "KiB",
+        "lower",
+      ],
+      ["settle_s", "Seconds idle until the RSS settled (N relays)", "s", ""],
       ["mem_held_rss", "RSS with N idle relays", "MiB", "lower"],
       ["hold_setup_s", "Time to open N relays", "s", "lower"],
       ["mem_released_rss", "RSS 1 s after closing N relays", "MiB", "lower"],
@@ -1136,7 +1189,10 @@ function markdown(
   out.push(
     "Handshake latency = greeting sent → CONNECT reply received (per session); " +
       "for direct it is the TCP connect time. Sessions/s counts complete sessions " +
-      "(handshake, 1 byte relayed to the sink, close). Per relay = (RSS with relays − RSS idle) / relays held. " +
+      "(handshake, 1 byte relayed to the sink, close). Per relay = (RSS with relays − RSS idle) / relays held, 1 s after the last relay opened; " +
+      '"once idle long enough": the same relays still held, sampled every second until ' +
+      "V8's memory reducer has given back the young generation that opening them grew " +
+      "(dualsocks only; --settle). " +
       "Dante: summed over its process tree (RSS double-counts shared pages; PSS does not). " +
       "Proxy CPU = user+system CPU time of the proxy's process tree during the run, per GB " +
       "received by iperf3 or per session started (less sensitive to other load than rates).",
