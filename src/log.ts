@@ -205,11 +205,14 @@ const joined = new WeakMap<readonly string[], { text: string; json: string }>();
 function categoryOf(category: readonly string[]): { text: string; json: string } {
   let c = joined.get(category);
   if (!c) {
-    c = { text: category.join("·"), json: category.join(".") };
+    c = { text: category.join("·"), json: JSON.stringify(category.join(".")) };
     joined.set(category, c);
   }
   return c;
 }
+
+/** Templates as JSON strings (bounded: the library logs a fixed set of templates). */
+const jsonHeads = new Map<string, string>();
 
 /** The UTC second a timestamp falls in, as `YYYY-MM-DD HH:MM:SS.`, computed once per second. */
 let second = NaN;
@@ -284,14 +287,21 @@ export function textLine(record: LogRecord): string {
  * ```
  */
 export function jsonLine(record: LogRecord): string {
+  // The same bytes as JSON.stringify of the whole object, with the parts that
+  // repeat (the template, the logger, the level) encoded once.
   const raw = record.rawMessage;
-  return JSON.stringify({
-    "@timestamp": new Date(record.timestamp).toISOString(),
-    level: record.level === "warning" ? "WARN" : record.level.toUpperCase(),
-    message: typeof raw === "string" ? raw : raw.join("{}"),
-    logger: categoryOf(record.category).json,
-    properties: record.properties,
-  }) + "\n";
+  const template = typeof raw === "string" ? raw : raw.join("{}");
+  let head = jsonHeads.get(template);
+  if (head === undefined) {
+    head = JSON.stringify(template);
+    if (jsonHeads.size < 1000) jsonHeads.set(template, head);
+  }
+  const level = record.level === "warning" ? "WARN" : record.level.toUpperCase();
+  return `{"@timestamp":"${
+    new Date(record.timestamp).toISOString()
+  }","level":"${level}","message":${head},"logger":${
+    categoryOf(record.category).json
+  },"properties":${JSON.stringify(record.properties)}}\n`;
 }
 
 /**
