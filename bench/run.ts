@@ -450,15 +450,21 @@ socks5 127.0.0.1 ${port}
 
 interface Results {
   values: Record<string, Partial<Record<Name, number[]>>>;
+  /** The same values by round, for ratios taken within a round. */
+  byRound: Record<string, Partial<Record<Name, Record<number, number>>>>;
   errors: { round: number; proxy: Name; test: string; message: string }[];
   raw: { round: number; proxy: Name; test: string; data: unknown }[];
 }
 
-const results: Results = { values: {}, errors: [], raw: [] };
+const results: Results = { values: {}, byRound: {}, errors: [], raw: [] };
+
+/** The round being run, for {@linkcode record}. */
+let currentRound = 0;
 
 function record(metric: string, proxy: Name, v: number): void {
   const m = results.values[metric] ??= {};
   (m[proxy] ??= []).push(v);
+  ((results.byRound[metric] ??= {})[proxy] ??= {})[currentRound] = v;
 }
 
 function recordError(
@@ -1116,10 +1122,18 @@ function summarize(names: Name[], defs: MetricDef[]) {
     }
     table[d.key] = row;
     const r: Record<string, number> = {};
+    // Each round's own ratio, then their median: the two ran minutes apart
+    // at most, so a machine that speeds up or slows down between rounds
+    // (ours did by 1.8x) moves both.
+    const byRound = results.byRound[d.key] ?? {};
     for (const [a, b] of RATIOS) {
-      const x = row[a]?.median;
-      const o = row[b]?.median;
-      if (x !== undefined && o !== undefined && o !== 0) r[`${a}/${b}`] = x / o;
+      const xs = byRound[a];
+      const os = byRound[b];
+      if (!xs || !os) continue;
+      const each = Object.keys(xs).filter((k) => os[Number(k)]).map((k) =>
+        xs[Number(k)] / os[Number(k)]
+      );
+      if (each.length) r[`${a}/${b}`] = median(each);
     }
     if (Object.keys(r).length) ratios[d.key] = r;
   }
@@ -1161,7 +1175,7 @@ function markdown(
       } s; ${machine.date}`,
     `- dualsocks: at its defaults (info logging to stderr, admin API on); dualsocks-quiet: ` +
       `the same with --log-level error; floor: bench/floor_relay.ts; bandwidth: bench/bandwidth.ts`,
-    `- cells: median (min–max over rounds); ratios: median / median` +
+    `- cells: median (min–max over rounds); ratios: the median of the ratios within each round` +
       ` (↑ higher is better, ↓ lower is better)`,
     "",
   );
@@ -1303,6 +1317,7 @@ async function main(): Promise<number> {
     if (!names.length) throw new Error("nothing to benchmark");
     await startIperfServer(tools);
     for (let r = 1; r <= opts.rounds; r++) {
+      currentRound = r;
       await runRound(r, names, tmp, tools, loadgen, opts);
     }
     let prof: ProfileSummary | undefined;
