@@ -279,12 +279,21 @@ async function machineInfo(tools: Record<string, string>) {
     microsocks: await pkg("microsocks"),
     proxychains4: await pkg("proxychains4"),
     loadavg_start: Deno.readTextFileSync("/proc/loadavg").trim(),
+    cpu_ticks_start: cpuTicks(),
     tcp_tw_reuse: Deno.readTextFileSync("/proc/sys/net/ipv4/tcp_tw_reuse")
       .trim(),
     ip_local_port_range: Deno.readTextFileSync(
       "/proc/sys/net/ipv4/ip_local_port_range",
     ).trim().replace(/\s+/, "-"),
   };
+}
+
+/** The machine's CPU time so far, from the `cpu` line of /proc/stat: all and stolen, in ticks. */
+function cpuTicks(): { total: number; steal: number } {
+  const f = Deno.readTextFileSync("/proc/stat").split("\n")[0].trim().split(/\s+/).slice(1)
+    .map(Number);
+  // user nice system idle iowait irq softirq steal guest guest_nice (guests are in user)
+  return { total: f.slice(0, 8).reduce((a, b) => a + b, 0), steal: f[7] ?? 0 };
 }
 
 // ------------------------------------------------------------- proxies --
@@ -1177,7 +1186,9 @@ function markdown(
     `- machine: ${machine.nproc} CPUs (${machine.cpu}), ${machine.memGiB} GiB, Linux ${machine.kernel}`,
     `- load average at start: ${machine.loadavg_start}; at end: ${
       (machine as { loadavg_end?: string }).loadavg_end ?? "?"
-    } (other work on the machine makes every number noisier)`,
+    }; CPU time stolen by the hypervisor during the run: ${
+      (machine as { steal_percent?: number }).steal_percent ?? "?"
+    }% (other work on the machine, or on its host, makes every number noisier)`,
     `- Deno ${machine.deno} (V8 ${machine.v8}); ${machine.iperf3}; Dante ${machine.dante}; microsocks ${machine.microsocks}; proxychains4 ${machine.proxychains4}`,
     `- ${opts.rounds} round(s), order rotated each round, all processes restarted each round; ` +
       `iperf3 -t ${opts.iperfSeconds}; sessions ${opts.sessionSeconds} s (+${opts.warmup} s warm-up), ` +
@@ -1338,8 +1349,14 @@ async function main(): Promise<number> {
       prof = await profileDualsocks(tmp, tools, loadgen, opts);
     }
     const elapsedS = (Date.now() - t0) / 1000;
+    const ticks = cpuTicks();
     Object.assign(machine, {
       loadavg_end: Deno.readTextFileSync("/proc/loadavg").trim(),
+      // The share of the run's CPU time the hypervisor gave to other guests.
+      steal_percent: Math.round(
+        (ticks.steal - machine.cpu_ticks_start.steal) /
+          Math.max(1, ticks.total - machine.cpu_ticks_start.total) * 1000,
+      ) / 10,
     });
     const defs = metricDefs(opts);
     const md = markdown(names, defs, machine, opts, elapsedS, prof);
