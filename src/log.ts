@@ -288,7 +288,7 @@ export function textLine(record: LogRecord): string {
  */
 export function jsonLine(record: LogRecord): string {
   // The same bytes as JSON.stringify of the whole object, with the parts that
-  // repeat (the template, the logger, the level) encoded once.
+  // repeat (the template and the logger) encoded once.
   const raw = record.rawMessage;
   const template = typeof raw === "string" ? raw : raw.join("{}");
   let head = jsonHeads.get(template);

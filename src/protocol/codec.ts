@@ -399,7 +399,6 @@ function writeAddressPort(
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
     throw new RangeError(`expected a port from 0 to 65535, found ${port}`);
   }
-  let bytes: Uint8Array | null;
   if (address.type === "ipv4") {
     // Every CONNECT reply names an IPv4 address: no byte array for it.
     const n = ipv4Number(address.host);
@@ -409,25 +408,25 @@ function writeAddressPort(
     out[offset++] = (n >>> 16) & 0xff;
     out[offset++] = (n >>> 8) & 0xff;
     out[offset++] = n & 0xff;
-    out[offset++] = port >> 8;
-    out[offset++] = port & 0xff;
-    return offset;
-  } else if (address.type === "ipv6") {
-    bytes = parseIPv6(address.host);
-    if (!bytes) throw new TypeError(`expected an IPv6 address, found "${address.host}"`);
-    out[offset++] = AddressType.IPV6;
   } else {
-    bytes = utf8Encoder.encode(address.host);
-    if (bytes.length < 1 || bytes.length > 255) {
-      throw new RangeError(
-        `expected a domain name of 1 to 255 bytes, found ${bytes.length}`,
-      );
+    let bytes: Uint8Array | null;
+    if (address.type === "ipv6") {
+      bytes = parseIPv6(address.host);
+      if (!bytes) throw new TypeError(`expected an IPv6 address, found "${address.host}"`);
+      out[offset++] = AddressType.IPV6;
+    } else {
+      bytes = utf8Encoder.encode(address.host);
+      if (bytes.length < 1 || bytes.length > 255) {
+        throw new RangeError(
+          `expected a domain name of 1 to 255 bytes, found ${bytes.length}`,
+        );
+      }
+      out[offset++] = AddressType.DOMAIN;
+      out[offset++] = bytes.length;
     }
-    out[offset++] = AddressType.DOMAIN;
-    out[offset++] = bytes.length;
+    out.set(bytes, offset);
+    offset += bytes.length;
   }
-  out.set(bytes, offset);
-  offset += bytes.length;
   out[offset++] = port >> 8;
   out[offset++] = port & 0xff;
   return offset;
