@@ -464,7 +464,10 @@ socks5 127.0.0.1 ${port}
 
 interface Results {
   values: Record<string, Partial<Record<Name, number[]>>>;
-  /** The same values by round, for ratios taken within a round. */
+  /**
+   * The same values by round, for ratios taken within a round (a metric
+   * recorded more than once in a round keeps its last value here).
+   */
   byRound: Record<string, Partial<Record<Name, Record<number, number>>>>;
   errors: { round: number; proxy: Name; test: string; message: string }[];
   raw: { round: number; proxy: Name; test: string; data: unknown }[];
@@ -771,6 +774,7 @@ async function holdTest(
     const settled = SETTLE_FOR.includes(p.name) && opts.settle > 0
       ? await settledSample(p.m!.pid, held, opts.settle)
       : undefined;
+    const settledKiB = settled && (settled.sample.rssKiB - idle.rssKiB) / Math.max(h.held, 1);
     const w = m.child.stdin.getWriter();
     await w.write(new TextEncoder().encode("release\n"));
     await w.close();
@@ -798,7 +802,7 @@ async function holdTest(
       record(`relay_kib_rss_${hold}`, p.name, delta / n);
       record(`relay_kib_pss_${hold}`, p.name, deltaPss / n);
       if (settled) {
-        record(`relay_kib_settled_${hold}`, p.name, (settled.sample.rssKiB - idle.rssKiB) / n);
+        record(`relay_kib_settled_${hold}`, p.name, settledKiB!);
         record(`settle_s_${hold}`, p.name, settled.seconds);
       }
     }
@@ -821,11 +825,7 @@ async function holdTest(
       } s  RSS ${mib(idle.rssKiB).toFixed(1)} -> ${mib(held.rssKiB).toFixed(1)} MiB (${
         (delta / Math.max(n, 1)).toFixed(2)
       } KiB/relay, PSS ${(deltaPss / Math.max(n, 1)).toFixed(2)})${
-        settled
-          ? `, settled after ${settled.seconds} s: ${
-            ((settled.sample.rssKiB - idle.rssKiB) / Math.max(n, 1)).toFixed(2)
-          } KiB/relay`
-          : ""
+        settled ? `, settled after ${settled.seconds} s: ${settledKiB!.toFixed(2)} KiB/relay` : ""
       }  fds ${idle.fds}/${held.fds}/${after.fds}  procs ${held.processes}`,
     );
   } catch (e) {
