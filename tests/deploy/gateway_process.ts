@@ -28,20 +28,34 @@ export interface LogRecord {
 }
 
 /**
- * The `--allow-*` flags of the compile task (the binary's), with its config
- * directory /etc/dualsocks replaced by `dir`.
+ * The flags the compile task bakes into the binary: its `--allow-*`
+ * permissions, with the config directory /etc/dualsocks replaced by `dir`,
+ * and its `--v8-flags`, so that a test runs `main.ts` as the binary runs.
  *
  * @example
  * ```ts ignore
- * binaryFlags("/tmp/x"); // ["--allow-net", "--allow-read=/tmp/x"]
+ * binaryFlags("/tmp/x"); // ["--allow-net", "--allow-read=/tmp/x", ..., "--v8-flags=..."]
  * ```
  */
 export function binaryFlags(dir: string): string[] {
-  const flags = denoJson.tasks.compile.split(/\s+/).filter((f) => f.startsWith("--allow-"));
-  if (flags.length === 0) {
+  const flags = runtimeFlags(denoJson.tasks.compile);
+  if (!flags.some((f) => f.startsWith("--allow-"))) {
     throw new Error("expected --allow-* flags in the compile task, found none");
   }
   return flags.map((f) => f.replace("/etc/dualsocks", dir));
+}
+
+/**
+ * The `--allow-*` and `--v8-flags` flags of a `deno run` or `deno compile`
+ * command line (a task, a unit's ExecStart), in order.
+ *
+ * @example
+ * ```ts ignore
+ * runtimeFlags("deno run --allow-net --v8-flags=--x=1 main.ts"); // ["--allow-net", "--v8-flags=--x=1"]
+ * ```
+ */
+export function runtimeFlags(command: string): string[] {
+  return command.split(/\s+/).filter((f) => f.startsWith("--allow-") || f.startsWith("--v8-flags"));
 }
 
 /** A running child process whose standard error is read as JSON log lines. */

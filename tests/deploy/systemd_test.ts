@@ -11,7 +11,7 @@ import assert from "node:assert/strict";
 import denoJson from "../../deno.json" with { type: "json" };
 import { DEFAULT_CONFIG } from "../../src/config/config.ts";
 import { run } from "../helpers.ts";
-import { ROOT } from "./gateway_process.ts";
+import { ROOT, runtimeFlags } from "./gateway_process.ts";
 
 const UNITS = ["dualsocks.service", "dualsocks-deno.service"] as const;
 /** `systemd-analyze security` exposure, times ten (its --threshold scale): at most 2.0 of 10. */
@@ -129,10 +129,8 @@ for (const name of UNITS) {
     const exec = one("ExecStart");
     assert.match(exec, /serve --config \/etc\/dualsocks\/dualsocks\.yaml$/);
     if (name === "dualsocks-deno.service") {
-      // The same scoped permissions as the compiled binary.
-      const compile = denoJson.tasks.compile.split(/\s+/).filter((f) => f.startsWith("--allow-"));
-      const flags = exec.split(/\s+/).filter((f) => f.startsWith("--allow-"));
-      assert.deepEqual(flags, compile);
+      // The same scoped permissions and V8 flags as the compiled binary.
+      assert.deepEqual(runtimeFlags(exec), runtimeFlags(denoJson.tasks.compile));
     }
   });
 }
