@@ -79,7 +79,8 @@ const HELP = `usage: deno run -A bench/run.ts [options]
   --settle S           for dualsocks, also wait up to S s (default 40; 0 = off)
                        with the relays held and idle for V8's memory reducer,
                        which gives back the young generation that opening
-                       them grew, about 30 s after the last full GC
+                       them grew (V8's own delays are 8-30 s; the start
+                       task's --v8-flags shorten them to 1 s)
   --close sink|client  who closes a loadgen session first (default sink)
   --profile            afterwards, CPU-profile dualsocks under the 256-client
                        sessions load (V8 inspector) -> results/*.cpuprofile
@@ -722,8 +723,9 @@ const SETTLE_FOR: readonly Name[] = ["dualsocks"];
 
 /**
  * Samples the process tree every second, relays held and idle, for up to
- * `seconds`: V8's memory reducer runs about 30 s after the last full GC and
- * gives back the young generation that opening the relays grew. Stops early
+ * `seconds`: V8's memory reducer gives back the young generation that
+ * opening the relays grew once allocation has slowed (8-30 s later with V8's
+ * own delays, a few seconds with the start task's --v8-flags). Stops early
  * once the RSS has dropped by 10% or more below `first` and then held still
  * (within 1%) for 2 s; otherwise returns the last sample.
  */
