@@ -34,7 +34,11 @@ export interface BufferedSinkOptions {
   flushInterval?: number;
   /** Bytes queued that start a write before the timer; default 64 Ki. */
   batchSize?: number;
-  /** Bytes queued or being written beyond which records are dropped; default 1 Mi. */
+  /**
+   * Bytes queued or being written beyond which records are dropped; default
+   * 8 Mi: the lines of 8,192 sessions (the default `max_sessions`) that end
+   * in the same moment, at up to 1 KiB each, before the first write finishes.
+   */
   maxBuffered?: number;
 }
 
@@ -101,7 +105,7 @@ export function bufferedSink(writer: LogWriter, options: BufferedSinkOptions = {
   const format = options.formatter ?? plainText;
   const interval = options.flushInterval ?? 100;
   const batchSize = options.batchSize ?? 64 * 1024;
-  const maxBuffered = options.maxBuffered ?? 1024 * 1024;
+  const maxBuffered = options.maxBuffered ?? 8 * 1024 * 1024;
   const encoder = new TextEncoder();
   // Lines are encoded into byte chunks as they are logged, so that a
   // queued line is no JavaScript string waiting for its batch: strings that

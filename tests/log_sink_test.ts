@@ -1,8 +1,13 @@
 import assert from "node:assert/strict";
 import { configure, getLogger, type LogRecord, reset } from "@logtape/logtape";
 import { bufferedSink, type LogWriter } from "../src/log_sink.ts";
+import { jsonLine } from "../src/log.ts";
+import { DEFAULT_CONFIG } from "../src/config/config.ts";
 
 const decoder = new TextDecoder();
+/** The gateway's session line (src/server/gateway.ts). */
+const SESSION_TEMPLATE =
+  "session {id} {type} {protocol} {client} user={user} {command} {destination} -> {resolved} reply={reply} up={bytesUp} down={bytesDown} {durationMs}ms: {reason}";
 
 function record(message: string, level: LogRecord["level"] = "info"): LogRecord {
   return {
@@ -195,4 +200,46 @@ Deno.test("log sink: lines spread over many chunks, some logged during a write, 
   await sink.flush();
   assert.equal(sink.dropped, 0);
   assert.equal(out.text(), expected.join(""));
+});
+
+Deno.test("log sink: the session lines of a default gateway's relays all ending at once are all kept", async () => {
+  // max_sessions relays closing in one turn of the event loop (a client pool
+  // killed, a drain's grace ending) log their lines before the first write can
+  // finish: the default bound must hold them, in the longer JSON format, with
+  // IPv6 addresses and a long name.
+  const out = recorder();
+  const sink = bufferedSink(out.writer, { formatter: jsonLine });
+  const count = DEFAULT_CONFIG.limits.maxSessions;
+  const name = `${"a".repeat(60)}.${"b".repeat(60)}.example`;
+  let bytes = 0;
+  for (let id = 1; id <= count; id++) {
+    const properties = {
+      id,
+      client: `[2001:db8:ffff:ffff:ffff:ffff:ffff:${(id % 65536).toString(16)}]:54321`,
+      user: "-",
+      protocol: "socks5",
+      command: "connect",
+      destination: `${name}:443`,
+      resolved: "[2001:db8:1234:5678:9abc:def0:1234:5678]:443",
+      type: "B",
+      reply: "0 (succeeded)",
+      bytesUp: 123456789,
+      bytesDown: 987654321,
+      durationMs: 3600000,
+      reason: "client closed",
+    };
+    const r: LogRecord = {
+      category: ["dualsocks", "gateway"],
+      level: "info",
+      message: ["session ", id, ""],
+      rawMessage: SESSION_TEMPLATE,
+      timestamp: Date.UTC(2026, 11, 3) + id,
+      properties,
+    };
+    bytes += jsonLine(r).length;
+    sink(r);
+  }
+  await within(sink.flush(), "the lines to be written");
+  assert.equal(sink.dropped, 0, `dropped ${sink.dropped} of ${count} lines (${bytes} bytes)`);
+  assert.equal(out.text().split("\n").length - 1, count);
 });
