@@ -261,12 +261,12 @@ const inspect = (value: unknown) =>
  */
 export function textLine(record: LogRecord): string {
   const parts = record.message;
-  // One join rather than a chain of concatenations (a rope node each).
-  const pieces: string[] = new Array(parts.length);
-  for (let i = 0; i < parts.length; i++) {
-    pieces[i] = i & 1 ? textValue(parts[i], inspect) : parts[i] as string;
+  // Concatenated, not joined: no array per line, and the encoder flattens
+  // the result once (bench/log_cost.ts: 0.3-0.9 µs a line less than a join).
+  let message = parts[0] as string;
+  for (let i = 1; i < parts.length; i += 2) {
+    message += textValue(parts[i], inspect) + ((parts[i + 1] ?? "") as string);
   }
-  const message = pieces.join("");
   return `${utcTimestamp(record.timestamp)} [${ABBREVIATIONS[record.level]}] ${
     categoryOf(record.category).text
   }: ${message}\n`;
