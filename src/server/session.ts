@@ -23,11 +23,11 @@ import type { Safety } from "./safety.ts";
 import { type Dialer, happyEyeballs, type RelayConn } from "./dialer.ts";
 import type { RuleCommand } from "../policy/rules.ts";
 import { ConnectTimeoutError, describeError, GatewayError, ResolveError } from "./errors.ts";
-import { type RelayStats, startRelay } from "./relay.ts";
+import { type RelayLimits, type RelayOptions, type RelayStats, startRelay } from "./relay.ts";
 import type { BindServerOptions } from "./bind.ts";
 import type { UdpServerOptions } from "./udp.ts";
 import type { ProxyProtocolPolicy } from "./proxy_header.ts";
-import type { Shaping } from "./shaping.ts";
+import type { Shaped, Shaping } from "./shaping.ts";
 import { connectVia, describeChain, type RouteTable } from "./routes.ts";
 import { type CommandName, type GatewayStats, observe } from "./stats.ts";
 import {
@@ -146,13 +146,13 @@ export class Session implements RelayStats, Slotted {
   connectDeadline = 0;
   /** The limits this session holds (`safety.ts`), released when it ends. */
   limitKeys?: string[];
-  #conns: { close(): void }[] = [];
+  #conns: { close(): void }[];
   #controller?: AbortController;
 
   constructor(id: number, conn: Deno.Conn) {
     this.id = id;
     this.setClient(conn.remoteAddr as Deno.NetAddr);
-    this.#conns.push(conn);
+    this.#conns = [conn];
   }
 
   /** Makes `addr` the session's client (a PROXY header's source), normalized. */
@@ -173,6 +173,9 @@ export class Session implements RelayStats, Slotted {
   /** Tracks a socket so that {@linkcode abort} closes it. */
   own(conn: { close(): void }): void {
     if (this.aborted) conn.close();
+    // The usual second socket, the target: an exact two-slot literal (a push
+    // would grow the backing store to 17 slots, in every idle relay).
+    else if (this.#conns.length === 1) this.#conns = [this.#conns[0], conn];
     else this.#conns.push(conn);
   }
 
@@ -280,25 +283,43 @@ export function relayTo(
   // One promise per session, settled by the relay's callback (no chain of
   // promises held by an idle relay).
   const relaying = new Promise<void>((resolve) => {
-    const ended = (reason: string) => {
-      s.closeReason ??= reason;
-      shaped?.release();
-      resolve();
-    };
-    const go = () =>
-      startRelay(client, peer, {
-        stats: s,
-        fail: (why) => s.abort(why),
-        limits: shaped?.limits,
-        onEnd: ended,
-      });
-    if (early.length === 0) return go();
+    const callbacks = new SessionRelay(s, shaped, resolve);
+    if (early.length === 0) return startRelay(client, peer, callbacks);
     writeAll(peer, early).then(() => {
       s.bytesUp += early.length;
-      go();
-    }, (error) => ended(describeError(error)));
+      startRelay(client, peer, callbacks);
+    }, (error) => callbacks.onEnd(describeError(error)));
   });
   return { relaying };
+}
+
+/**
+ * The relay's options and callbacks for one session, as one object with
+ * methods: an idle relay holds it instead of an options object, three
+ * closures and their context.
+ */
+class SessionRelay implements RelayOptions {
+  readonly stats: Session;
+  readonly limits: RelayLimits | undefined;
+  #shaped: Shaped | undefined;
+  #resolve: () => void;
+
+  constructor(s: Session, shaped: Shaped | undefined, resolve: () => void) {
+    this.stats = s;
+    this.limits = shaped?.limits;
+    this.#shaped = shaped;
+    this.#resolve = resolve;
+  }
+
+  fail(why: string): void {
+    this.stats.abort(why);
+  }
+
+  onEnd(reason: string): void {
+    this.stats.closeReason ??= reason;
+    this.#shaped?.release();
+    this.#resolve();
+  }
 }
 
 /** A socket address, normalized. */
