@@ -75,7 +75,9 @@ class RelayState {
   finished = 0;
   reason = "done";
   #options: RelayOptions;
-  pumps: readonly Pump[] = [];
+  // Fields, not an array literal (see ClientAddr in session.ts).
+  up?: Pump;
+  down?: Pump;
 
   constructor(options: RelayOptions) {
     this.stats = options.stats;
@@ -87,7 +89,10 @@ class RelayState {
     if (error !== undefined && this.reason === "done") {
       this.reason = error instanceof Error ? `${error.name}: ${error.message}` : String(error);
       this.#options.fail(this.reason);
-      if (this.#options.limits !== undefined) { for (const p of this.pumps) p.stop(error); }
+      if (this.#options.limits !== undefined) {
+        this.up?.stop(error);
+        this.down?.stop(error);
+      }
     }
     if (++this.finished === 2) this.#options.onEnd(this.reason);
   }
@@ -288,7 +293,8 @@ export function startRelay(client: RelayConn, target: RelayConn, options: RelayO
   const state = new RelayState(options);
   const up = new Pump(client, target, state, true, options.limits?.up);
   const down = new Pump(target, client, state, false, options.limits?.down);
-  state.pumps = [up, down]; // a literal: exactly two slots (push grows a backing store of 17)
+  state.up = up;
+  state.down = down;
   up.start();
   down.start();
 }

@@ -98,6 +98,31 @@ export interface SessionContext {
   ruleConfigs?: readonly RuleConfig[];
 }
 
+/**
+ * A session's client address. A class rather than an object literal, like
+ * the session's other long-lived parts: V8 allocates the objects of a
+ * literal straight into the old generation once most of them have lived
+ * long (thousands of idle relays), and from there a finished session's
+ * literal keeps whatever young objects it points to alive through every
+ * scavenge until the next full GC. Constructed objects never are.
+ */
+class ClientAddr implements Deno.NetAddr {
+  readonly transport = "tcp" as const;
+  readonly hostname: string;
+  readonly port: number;
+
+  constructor(hostname: string, port: number) {
+    this.hostname = hostname;
+    this.port = port;
+  }
+}
+
+function closeQuietly(conn: { close(): void }): void {
+  try {
+    conn.close();
+  } catch { /* closed by its peer's error path */ }
+}
+
 /** The state of one session, readable while it runs. */
 export class Session implements RelayStats, Slotted {
   readonly id: number;
@@ -146,19 +171,24 @@ export class Session implements RelayStats, Slotted {
   connectDeadline = 0;
   /** The limits this session holds (`safety.ts`), released when it ends. */
   limitKeys?: string[];
-  #conns: { close(): void }[];
+  /** Whether {@linkcode admit} has applied the session limits. */
+  admitted = false;
+  // The sockets to close, in fields rather than an array: see ClientAddr.
+  #conn: { close(): void };
+  #target?: { close(): void };
+  #more?: { close(): void }[];
   #controller?: AbortController;
 
   constructor(id: number, conn: Deno.Conn) {
     this.id = id;
     this.setClient(conn.remoteAddr as Deno.NetAddr);
-    this.#conns = [conn];
+    this.#conn = conn;
   }
 
   /** Makes `addr` the session's client (a PROXY header's source), normalized. */
   setClient(addr: { hostname: string; port: number }): void {
     const ip = normalizeIp(addr.hostname);
-    this.client = { transport: "tcp", hostname: ip?.host ?? addr.hostname, port: addr.port };
+    this.client = new ClientAddr(ip?.host ?? addr.hostname, addr.port);
     this.clientFamily = ip?.family ?? 4;
     this.clientLoopback = ip !== null && isLoopbackIp(ip);
   }
@@ -173,10 +203,8 @@ export class Session implements RelayStats, Slotted {
   /** Tracks a socket so that {@linkcode abort} closes it. */
   own(conn: { close(): void }): void {
     if (this.aborted) conn.close();
-    // The usual second socket, the target: an exact two-slot literal (a push
-    // would grow the backing store to 17 slots, in every idle relay).
-    else if (this.#conns.length === 1) this.#conns = [this.#conns[0], conn];
-    else this.#conns.push(conn);
+    else if (this.#target === undefined) this.#target = conn;
+    else (this.#more ??= []).push(conn);
   }
 
   /**
@@ -184,8 +212,11 @@ export class Session implements RelayStats, Slotted {
    * dropped), so that a long session does not keep every socket it used.
    */
   disown(conn: { close(): void }): void {
-    const i = this.#conns.indexOf(conn);
-    if (i >= 0) this.#conns.splice(i, 1);
+    if (this.#target === conn) this.#target = this.#more?.pop();
+    else {
+      const i = this.#more?.indexOf(conn) ?? -1;
+      if (i >= 0) this.#more!.splice(i, 1);
+    }
   }
 
   /** Ends the session now, once: records `reason`, aborts work, closes every socket once. */
@@ -195,11 +226,9 @@ export class Session implements RelayStats, Slotted {
     this.closeReason ??= reason;
     this.#controller?.abort(this.closeReason);
     this.pending?.abort(this.closeReason);
-    for (const c of this.#conns) {
-      try {
-        c.close();
-      } catch { /* closed by its peer's error path */ }
-    }
+    closeQuietly(this.#conn);
+    if (this.#target !== undefined) closeQuietly(this.#target);
+    for (const c of this.#more ?? []) closeQuietly(c);
   }
 }
 
@@ -515,8 +544,8 @@ export function admit(s: Session, ctx: SessionContext): void {
   const safety = ctx.safety;
   if (!safety) return;
   safety.checkClient(s);
-  if (s.limitKeys !== undefined) return;
-  s.limitKeys = [];
+  if (s.admitted) return;
+  s.admitted = true;
   safety.admitClient(s);
   safety.admitUser(s);
 }
