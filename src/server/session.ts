@@ -104,7 +104,8 @@ export interface SessionContext {
  * literal straight into the old generation once most of them have lived
  * long (thousands of idle relays), and from there a finished session's
  * literal keeps whatever young objects it points to alive through every
- * scavenge until the next full GC. Constructed objects never are.
+ * scavenge until the next full GC. V8 tracks that decision per literal (its
+ * allocation site); objects made with `new` of a class are not tracked.
  */
 class ClientAddr implements Deno.NetAddr {
   readonly transport = "tcp" as const;
